@@ -1,0 +1,1 @@
+"""elbobench harness: datasets, models, the variance/speed/train benchmarks, results and reports."""

@@ -1,0 +1,397 @@
+"""Public kernel API of elbobench: Gaussian sampling, KL and log-likelihoods.
+
+Every op validates its inputs once here, resolves a backend *at call time* and
+calls that backend's implementation. Shapes are ``[..., D]`` with reductions over
+the last dim; ``mu``/``logvar`` broadcast against ``x``/``eps`` by torch's rules
+(e.g. log q of z ``[S, B, D]`` under mu ``[B, D]``).
+
+Backend choice, highest precedence first: the ``backend=`` argument of a call,
+the innermost :func:`use_backend` context, :func:`set_backend`, the environment
+variable ``ELBOBENCH_BACKEND``, then ``"auto"`` (the highest-priority backend that
+can run on the inputs' device and dtype: numba on CPU, triton on CUDA, torch as
+the fallback).
+
+Example::
+
+    import torch, kernels
+    mu, logvar = torch.zeros(4, 8), torch.zeros(4, 8)
+    z, kl = kernels.normal_rsample_kl(mu, logvar, seed=0)   # auto backend
+    with kernels.use_backend("torch"):
+        z_ref, kl_ref = kernels.normal_rsample_kl(mu, logvar, seed=0)
+    torch.testing.assert_close(z, z_ref)                    # same noise stream
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from . import registry
+from .philox import check_seed, draw_seed
+from .registry import BackendInfo, BackendUnavailableError, register
+
+__all__ = [
+    "BackendInfo",
+    "BackendUnavailableError",
+    "available_backends",
+    "backend_report",
+    "bernoulli_log_prob",
+    "get_backend",
+    "normal_kl_std",
+    "normal_log_prob",
+    "normal_noise",
+    "normal_rsample",
+    "normal_rsample_kl",
+    "register",
+    "resolve_backend",
+    "set_backend",
+    "use_backend",
+]
+
+ENV_VAR = "ELBOBENCH_BACKEND"
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+register(
+    BackendInfo(
+        name="torch",
+        module="kernels.reference",
+        devices=("cpu", "cuda"),
+        description="eager PyTorch reference (the oracle of every test)",
+        auto_priority=0,
+    )
+)
+register(
+    BackendInfo(
+        name="numba",
+        module="kernels.numba_cpu",
+        devices=("cpu",),
+        description="fused CPU kernels (numba njit(parallel=True))",
+        auto_priority=10,
+    )
+)
+register(
+    BackendInfo(
+        name="triton",
+        module="kernels.triton_gpu",
+        devices=("cuda", "cpu"),
+        description="fused GPU kernels (Triton; on CPU only in the interpreter)",
+        auto_priority=10,
+    )
+)
+
+# --------------------------------------------------------------------------- selection
+_configured: str | None = None
+_local = threading.local()
+
+
+def _stack() -> list[str]:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
+def _check_name(name: object, what: str = "backend") -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a backend name (str), got {type(name).__name__} {name!r}")
+    if name != "auto":
+        registry.info(name)  # raises with the list of known names
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Set the process-wide backend (``"auto"``, a registered name, or None to clear)."""
+    global _configured
+    if name is None:
+        _configured = None
+        return
+    _check_name(name)
+    if name != "auto":
+        spec = registry.info(name)
+        reasons = [registry.unavailable_reason(name, d) for d in spec.devices]
+        if all(r is not None for r in reasons):
+            raise BackendUnavailableError(f"backend {name!r} cannot run here: " + "; ".join(reasons))
+    _configured = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Context manager that selects ``name`` for calls inside it (this thread only)."""
+    _check_name(name)
+    _stack().append(name)
+    try:
+        yield name
+    finally:
+        _stack().pop()
+
+
+def _configured_name() -> str:
+    if _stack():
+        return _stack()[-1]
+    if _configured is not None:
+        return _configured
+    env = os.environ.get(ENV_VAR)
+    if env:
+        try:
+            return _check_name(env.strip(), what=f"environment variable {ENV_VAR}")
+        except ValueError as exc:
+            raise ValueError(f"{ENV_VAR}={env!r} is not a backend: {exc}") from None
+    return "auto"
+
+
+def _supports(name: str, device: str, dtype: torch.dtype | None) -> str | None:
+    reason = registry.unavailable_reason(name, device)
+    if reason is None and dtype is not None:
+        mod = registry.load(name)
+        dtypes = getattr(mod, "SUPPORTED_DTYPES", FLOAT_DTYPES)
+        if dtype not in dtypes:
+            reason = f"backend {name!r} supports dtypes {[str(d) for d in dtypes]}, not {dtype}"
+    return reason
+
+
+def resolve_backend(
+    backend: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> str:
+    """Name of the backend a call with these inputs would run on.
+
+    Raises:
+        BackendUnavailableError: an explicitly requested backend cannot run on
+            ``device``/``dtype`` (the message gives the reason).
+    """
+    name = _check_name(backend) if backend is not None else _configured_name()
+    dev = torch.device(device).type
+    if name != "auto":
+        reason = _supports(name, dev, dtype)
+        if reason is not None:
+            raise BackendUnavailableError(reason)
+        return name
+    candidates = sorted(registry.names(), key=lambda n: -registry.info(n).auto_priority)
+    for cand in candidates:
+        if dev == "cpu" and cand == "triton":
+            continue  # the interpreter is for tests, never an automatic choice
+        if _supports(cand, dev, dtype) is None:
+            return cand
+    raise BackendUnavailableError(f"no backend can run on {dev!r} tensors of dtype {dtype}")
+
+
+def get_backend(device: str | torch.device | None = None) -> str:
+    """The configured backend name, or with ``device`` the backend auto resolves to there."""
+    if device is None:
+        return _configured_name()
+    return resolve_backend(None, device)
+
+
+def available_backends(device: str | torch.device | None = None) -> list[str]:
+    """Registered backends that can run here (on ``device`` if given, else on any device)."""
+    out = []
+    for name in registry.names():
+        devs = [torch.device(device).type] if device is not None else registry.info(name).devices
+        if any(registry.unavailable_reason(name, d) is None for d in devs):
+            out.append(name)
+    return out
+
+
+def backend_report() -> list[dict]:
+    """One row per (backend, device): whether it runs, how, and why not."""
+    rows = []
+    for name in registry.names():
+        spec = registry.info(name)
+        for dev in spec.devices:
+            reason = registry.unavailable_reason(name, dev)
+            mode = ""
+            if reason is None:
+                describe = getattr(registry.load(name), "describe", None)
+                mode = describe(dev) if callable(describe) else "available"
+            rows.append(
+                {
+                    "backend": name,
+                    "device": dev,
+                    "available": reason is None,
+                    "mode": mode,
+                    "reason": reason or "",
+                    "description": spec.description,
+                }
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- validation
+def _check_inputs(op: str, **tensors: torch.Tensor) -> tuple[torch.Size, torch.dtype, torch.device]:
+    dtype = device = None
+    first = None
+    for arg, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{op}: {arg} must be a floating tensor (float16, bfloat16, float32 or float64), got {t.dtype}"
+            )
+        if t.dim() == 0:
+            raise ValueError(f"{op}: {arg} must have at least one dim [..., D], got a 0-dim tensor")
+        if first is None:
+            first, dtype, device = arg, t.dtype, t.device
+            continue
+        if t.dtype != dtype:
+            raise TypeError(f"{op}: {arg} has dtype {t.dtype} but {first} has {dtype}; pass tensors of one dtype")
+        if t.device != device:
+            raise ValueError(f"{op}: {arg} is on {t.device} but {first} is on {device}; pass tensors on one device")
+    try:
+        shape = torch.broadcast_shapes(*(t.shape for t in tensors.values()))
+    except RuntimeError:
+        got = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
+        raise ValueError(
+            f"{op}: shapes do not broadcast ({got}); expected shapes broadcastable by torch's rules"
+        ) from None
+    return shape, dtype, device
+
+
+def _expand(t: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    if t is None or t.shape == shape:
+        return t
+    return t.expand(shape)
+
+
+def _seed(seed, eps) -> int | None:
+    if eps is not None:
+        return None if seed is None else check_seed(seed)
+    return draw_seed() if seed is None else check_seed(seed)
+
+
+# --------------------------------------------------------------------------- ops
+def normal_rsample(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor | None = None,
+    *,
+    seed: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Reparameterized sample ``z = mu + exp(logvar / 2) * eps`` (Kingma & Welling 2014).
+
+    Args:
+        mu: ``[..., D]`` mean.
+        logvar: ``[..., D]`` log variance, broadcastable with ``mu``.
+        eps: optional ``[..., D]`` standard-normal noise; when None the shared
+            Philox stream is drawn for ``seed`` (indexed by the row-major index of z).
+        seed: noise seed when ``eps`` is None; None draws one from torch's generator.
+        backend: override the backend for this call.
+
+    Returns:
+        z of the broadcast shape, differentiable in ``mu``, ``logvar`` and ``eps``.
+    """
+    extra = {} if eps is None else {"eps": eps}
+    shape, dtype, device = _check_inputs("normal_rsample", mu=mu, logvar=logvar, **extra)
+    mod = registry.load(resolve_backend(backend, device, dtype))
+    return mod.normal_rsample(_expand(mu, shape), _expand(logvar, shape), _expand(eps, shape), _seed(seed, eps))
+
+
+def normal_kl_std(mu: torch.Tensor, logvar: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """``KL(N(mu, diag exp(logvar)) || N(0, I))`` summed over the last dim.
+
+    Args:
+        mu: ``[..., D]`` mean.
+        logvar: ``[..., D]`` log variance.
+        backend: override the backend for this call.
+
+    Returns:
+        ``[...]`` KL per row: ``0.5 * sum(exp(logvar) + mu^2 - 1 - logvar)``.
+    """
+    shape, dtype, device = _check_inputs("normal_kl_std", mu=mu, logvar=logvar)
+    mod = registry.load(resolve_backend(backend, device, dtype))
+    return mod.normal_kl_std(_expand(mu, shape), _expand(logvar, shape))
+
+
+def normal_rsample_kl(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    eps: torch.Tensor | None = None,
+    *,
+    seed: int | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused :func:`normal_rsample` and :func:`normal_kl_std` in one pass.
+
+    When ``eps`` broadcasts ``mu`` to more rows (e.g. ``[S, B, D]``), the KL is of
+    the broadcast shape too (one value per sample row).
+
+    Returns:
+        ``(z [..., D], kl [...])``.
+    """
+    extra = {} if eps is None else {"eps": eps}
+    shape, dtype, device = _check_inputs("normal_rsample_kl", mu=mu, logvar=logvar, **extra)
+    mod = registry.load(resolve_backend(backend, device, dtype))
+    return mod.normal_rsample_kl(_expand(mu, shape), _expand(logvar, shape), _expand(eps, shape), _seed(seed, eps))
+
+
+def normal_log_prob(
+    x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *, backend: str | None = None
+) -> torch.Tensor:
+    """Diagonal Gaussian log density summed over the last dim.
+
+    ``-0.5 * sum(log(2 pi) + logvar + (x - mu)^2 * exp(-logvar))``, equal to
+    ``torch.distributions.Normal(mu, exp(logvar / 2)).log_prob(x).sum(-1)``.
+
+    Args:
+        x: ``[..., D]`` points (differentiable too: STL and DReG need it).
+        mu: ``[..., D]`` mean, broadcastable with ``x``.
+        logvar: ``[..., D]`` log variance, broadcastable with ``x``.
+
+    Returns:
+        ``[...]`` log density of the broadcast shape without its last dim.
+    """
+    shape, dtype, device = _check_inputs("normal_log_prob", x=x, mu=mu, logvar=logvar)
+    mod = registry.load(resolve_backend(backend, device, dtype))
+    return mod.normal_log_prob(_expand(x, shape), _expand(mu, shape), _expand(logvar, shape))
+
+
+def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """Bernoulli log-likelihood with logits, summed over the last dim.
+
+    ``sum(x * logits - softplus(logits))``: stable for any logits, x real in [0, 1]
+    allowed; equals ``torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)``.
+
+    Args:
+        x: ``[..., D]`` observations.
+        logits: ``[..., D]`` logits, broadcastable with ``x``.
+
+    Returns:
+        ``[...]`` log-likelihood per row.
+    """
+    shape, dtype, device = _check_inputs("bernoulli_log_prob", x=x, logits=logits)
+    mod = registry.load(resolve_backend(backend, device, dtype))
+    return mod.bernoulli_log_prob(_expand(x, shape), _expand(logits, shape))
+
+
+def normal_noise(
+    shape: Sequence[int] | int,
+    *,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Standard normals from the shared Philox4x32-10 + Box-Muller stream.
+
+    Element ``i`` (row-major) is ``tl.randn(seed, i)``: the same on every backend
+    and thread count. ``seed=None`` draws a seed from torch's default generator.
+
+    Returns:
+        a new tensor of ``shape`` on ``device`` with ``dtype``.
+    """
+    if isinstance(shape, int):
+        shape = (shape,)
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"normal_noise: shape must be a sequence of ints, got {shape!r}") from None
+    if any(s < 0 for s in shape):
+        raise ValueError(f"normal_noise: shape must have non-negative sizes, got {shape}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"normal_noise: dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {dtype}")
+    seed = draw_seed() if seed is None else check_seed(seed)
+    device = torch.device(device)
+    mod = registry.load(resolve_backend(backend, device, dtype))
+    return mod.normal_noise(shape, seed, device, dtype)

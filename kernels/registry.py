@@ -1,0 +1,141 @@
+"""The one registry of kernel backends.
+
+A backend is a module that defines the functions of :class:`Backend` and is
+registered with :func:`register` under a name. Modules are imported lazily, at
+the first call that resolves to them, so a missing optional dependency (triton)
+only matters when that backend is asked for. Adding a backend is one module plus
+one ``register(...)`` call; the contract tests and benchmarks iterate over
+:func:`names`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Protocol
+
+import torch
+
+OPS = (
+    "normal_rsample",
+    "normal_kl_std",
+    "normal_rsample_kl",
+    "normal_log_prob",
+    "bernoulli_log_prob",
+    "normal_noise",
+)
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend cannot run here; the message says why."""
+
+
+class Backend(Protocol):
+    """What a backend module provides.
+
+    The public API in :mod:`kernels` validates every input first: tensors reach a
+    backend already broadcast to one shape, with one floating dtype and one
+    device, and ``seed`` is an int whenever ``eps`` is None.
+    """
+
+    def availability(self, device: str) -> str | None:
+        """None if the backend can run on ``device`` ("cpu", "cuda"), else the reason."""
+
+    def normal_rsample(self, mu, logvar, eps, seed): ...  # -> z [..., D]
+
+    def normal_kl_std(self, mu, logvar): ...  # -> kl [...]
+
+    def normal_rsample_kl(self, mu, logvar, eps, seed): ...  # -> (z [..., D], kl [...])
+
+    def normal_log_prob(self, x, mu, logvar): ...  # -> [...]
+
+    def bernoulli_log_prob(self, x, logits): ...  # -> [...]
+
+    def normal_noise(self, shape, seed, device, dtype): ...  # -> [*shape]
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """Static description of a registered backend.
+
+    Attributes:
+        name: registry key, e.g. ``"numba"``.
+        module: import path of the module implementing :class:`Backend`.
+        devices: device types the backend can serve (``"cpu"``, ``"cuda"``).
+        description: one line for ``elbobench backends``.
+        auto_priority: higher wins when ``"auto"`` picks among available backends.
+    """
+
+    name: str
+    module: str
+    devices: tuple[str, ...]
+    description: str
+    auto_priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.isidentifier():
+            raise ValueError(f"backend name must be an identifier, got {self.name!r}")
+        if self.name == "auto":
+            raise ValueError("'auto' is reserved for automatic backend selection")
+        bad = [d for d in self.devices if d not in ("cpu", "cuda")]
+        if not self.devices or bad:
+            raise ValueError(
+                f"backend {self.name!r}: devices must be a non-empty subset of ('cpu', 'cuda'), got {self.devices!r}"
+            )
+
+
+_REGISTRY: dict[str, BackendInfo] = {}
+_MODULES: dict[str, ModuleType] = {}
+
+
+def register(info: BackendInfo, *, replace: bool = False) -> BackendInfo:
+    """Add a backend to the registry (validated now, imported at first use)."""
+    if not isinstance(info, BackendInfo):
+        raise TypeError(f"register() takes a BackendInfo, got {type(info).__name__}")
+    if info.name in _REGISTRY and not replace:
+        raise ValueError(f"backend {info.name!r} is already registered (pass replace=True to override)")
+    _REGISTRY[info.name] = info
+    _MODULES.pop(info.name, None)
+    return info
+
+
+def names() -> list[str]:
+    """All registered backend names, in registration order."""
+    return list(_REGISTRY)
+
+
+def info(name: str) -> BackendInfo:
+    """The :class:`BackendInfo` for ``name``; unknown names raise with the list of known ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"backend must be one of {['auto', *_REGISTRY]}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def load(name: str) -> ModuleType:
+    """Import (once) and return the module of backend ``name``."""
+    mod = _MODULES.get(name)
+    if mod is None:
+        spec = info(name)
+        try:
+            mod = importlib.import_module(spec.module)
+        except ImportError as exc:
+            raise BackendUnavailableError(f"backend {name!r} cannot be imported: {exc}") from exc
+        missing = [op for op in (*OPS, "availability") if not callable(getattr(mod, op, None))]
+        if missing:
+            raise TypeError(f"backend module {spec.module!r} lacks {missing}")
+        _MODULES[name] = mod
+    return mod
+
+
+def unavailable_reason(name: str, device: str | torch.device) -> str | None:
+    """None if backend ``name`` can run on ``device``, else a sentence saying why not."""
+    dev = torch.device(device).type
+    spec = info(name)
+    if dev not in spec.devices:
+        return f"backend {name!r} runs on {list(spec.devices)} tensors, not {dev!r}"
+    try:
+        mod = load(name)
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return mod.availability(dev)
