@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_) in SUBCOMMANDS.items():
+    for name, (_module, help_) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
