@@ -1,0 +1,180 @@
+"""Models of the harness: the MLP VAE and the linear-Gaussian VAE.
+
+Both follow the estimators' model protocol (issue 4):
+
+* ``model.encode(x [B, D]) -> (mu [B, K], logvar [B, K])``: a diagonal Gaussian
+  q(z|x) (Kingma & Welling 2014);
+* ``model.decode(z [..., K]) -> logits [..., D]`` for a Bernoulli decoder, or
+  ``-> (mean, logvar)`` for a Gaussian one;
+* ``model.log_likelihood(x, decoded) -> [...]`` evaluates log p(x|z) through the
+  kernel API (:func:`kernels.bernoulli_log_prob` / :func:`kernels.normal_log_prob`),
+  so the selected kernel backend (``--backend``) runs it.
+
+Parameter names start with ``encoder.`` or ``decoder.`` so the variance benchmark
+splits gradients into the two groups by prefix.
+
+The default MLP architectures follow Burda et al. (2016, IWAE): 784-200-200-50
+with tanh for 28x28 data; the 8x8 digits get 64-128-128-16. The decoder's output
+bias starts at the logit of the training mean, ``log(p / (1 - p))`` with ``p``
+clamped to ``[1e-3, 1 - 1e-3]`` (ibid., appendix C).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+import kernels
+
+__all__ = [
+    "ACTIVATIONS",
+    "MLPVAE",
+    "build_model",
+    "default_architecture",
+    "encoder_decoder_split",
+]
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus, "gelu": nn.GELU}
+
+
+def _mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class MLPVAE(nn.Module):
+    """VAE with a Gaussian MLP encoder and a Bernoulli MLP decoder (logits).
+
+    ``q(z|x) = N(mu(x), diag exp(logvar(x)))`` with ``[mu, logvar] = enc(x)`` (one
+    linear head of width 2K); ``p(z) = N(0, I_K)``; ``p(x|z) = prod_d
+    Bernoulli(x_d; sigmoid(l_d(z)))`` with logits ``l = dec(z)`` (Kingma & Welling 2014,
+    appendix C.1; Burda et al. 2016, sec. 5).
+
+    Args:
+        x_dim: data dimension D.
+        z_dim: latent dimension K.
+        hidden: widths of the hidden layers (the decoder mirrors them).
+        activation: one of :data:`ACTIVATIONS`.
+        output_bias: ``[D]`` training-mean intensities; the decoder's last bias is set
+            to their logit. None leaves torch's default initialisation.
+    """
+
+    likelihood = "bernoulli"
+
+    def __init__(
+        self,
+        x_dim: int,
+        z_dim: int,
+        hidden: Sequence[int] = (200, 200),
+        activation: str = "tanh",
+        output_bias: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        for arg, v in (("x_dim", x_dim), ("z_dim", z_dim)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"MLPVAE: {arg} must be a positive int, got {v!r}")
+        hidden = tuple(hidden)
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+            raise ValueError(f"MLPVAE: hidden must be positive ints, got {hidden!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MLPVAE: activation must be one of {list(ACTIVATIONS)}, got {activation!r}")
+        self.x_dim, self.z_dim, self.hidden, self.activation = x_dim, z_dim, hidden, activation
+        self.encoder = _mlp((x_dim, *hidden, 2 * z_dim), activation)
+        self.decoder = _mlp((z_dim, *hidden[::-1], x_dim), activation)
+        if output_bias is not None:
+            p = torch.as_tensor(output_bias, dtype=torch.float32).reshape(-1)
+            if p.numel() != x_dim:
+                raise ValueError(f"MLPVAE: output_bias must have {x_dim} entries, got shape {tuple(p.shape)}")
+            p = p.clamp(1e-3, 1 - 1e-3)
+            with torch.no_grad():
+                self.decoder[-1].bias.copy_(torch.log(p) - torch.log1p(-p))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, D] -> (mu [B, K], logvar [B, K])``."""
+        h = self.encoder(x)
+        return h[..., : self.z_dim], h[..., self.z_dim :]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """``z [..., K] -> logits [..., D]`` of the Bernoulli decoder."""
+        return self.decoder(z)
+
+    def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``log p(x|z) = sum_d x_d l_d - softplus(l_d)`` ``[...]`` through the kernel API."""
+        return kernels.bernoulli_log_prob(x, logits)
+
+    def extra_repr(self) -> str:
+        return f"{self.x_dim}-{'-'.join(map(str, self.hidden))}-{self.z_dim}, {self.activation}"
+
+
+def default_architecture(x_dim: int) -> dict:
+    """Default widths for data of dimension ``x_dim`` (Burda et al. 2016 for 28x28).
+
+    Returns:
+        ``{"hidden": (...), "z_dim": K, "activation": "tanh"}``: 200-200/50 for
+        784-dim data, 128-128/16 for the 64-dim digits (and anything smaller).
+    """
+    if x_dim <= 256:
+        return {"hidden": (128, 128), "z_dim": 16, "activation": "tanh"}
+    return {"hidden": (200, 200), "z_dim": 50, "activation": "tanh"}
+
+
+def build_model(
+    dataset,
+    *,
+    hidden: Sequence[int] | None = None,
+    z_dim: int | None = None,
+    activation: str | None = None,
+    seed: int = 0,
+    output_bias: bool = True,
+) -> nn.Module:
+    """The default model of ``dataset`` (a :class:`bench.datasets.Dataset`), seeded.
+
+    Bernoulli data gets an :class:`MLPVAE` (defaults from :func:`default_architecture`,
+    output bias from the training mean when ``output_bias``); Gaussian data
+    (``ppca``) gets the :class:`LinearGaussianVAE` of :mod:`bench.ppca` with the
+    dataset's true latent size.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if dataset.likelihood == "gaussian":
+            from bench import ppca
+
+            return ppca.model_for(dataset)
+        arch = default_architecture(dataset.dim)
+        return MLPVAE(
+            dataset.dim,
+            z_dim if z_dim is not None else arch["z_dim"],
+            hidden=tuple(hidden) if hidden is not None else arch["hidden"],
+            activation=activation or arch["activation"],
+            output_bias=dataset.train_mean() if output_bias else None,
+        )
+
+
+def encoder_decoder_split(names: Sequence[str]) -> dict[str, list[str]]:
+    """Group parameter names into ``{"encoder": [...], "decoder": [...]}`` by prefix.
+
+    Names that start with neither (e.g. a decoder noise variance ``log_s2``) go to the
+    decoder group, since they parameterise p(x|z).
+    """
+    enc = [n for n in names if n.startswith("encoder")]
+    return {"encoder": enc, "decoder": [n for n in names if n not in enc]}
+
+
+def param_count(model: nn.Module) -> int:
+    """Number of trainable parameter elements."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def __getattr__(name: str):
+    # Re-export without importing bench.ppca at import time (it is optional until it lands).
+    if name == "LinearGaussianVAE":
+        from bench.ppca import LinearGaussianVAE
+
+        return LinearGaussianVAE
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
