@@ -1,0 +1,606 @@
+"""Convergence benchmark: full VAE training per estimator x backend x seed.
+
+Each configuration trains the dataset's default model (:func:`bench.models.build_model`)
+for the same number of steps with one estimator (issue 4) on one kernel backend and
+records, at every evaluation step, the training bound (the mean over the steps since
+the last evaluation of the per-example bound the estimator returns: the ELBO, or
+the K-sample bound for ``iwae``/``dreg``/``vimco``), the validation ELBO (one
+reparameterized sample per example, analytic KL, fixed noise, so it is comparable
+across estimators), and the training wall time so far (evaluations excluded). At
+the end it records the time and step at which the validation ELBO first reached
+``target_elbo`` (if given), the test ELBO, the test log-likelihood estimated by
+importance sampling,
+
+    log p(x) ~= log (1/k) sum_j p(x, z_j) / q(z_j | x),   z_j ~ q(z | x)
+
+(Burda et al. 2016, eq. 8; k = 1000 by default, Burda et al. use 5000) with the
+standard error of its mean over test examples, and the training throughput
+(examples per second).
+
+Reproducibility: batch ``i`` depends only on ``(seed, i)`` (:meth:`Dataset.batches`);
+before step ``i`` the torch generator is seeded from ``(seed, i)``, so the estimator's
+noise, drawn from the shared Philox stream (:func:`kernels.normal_noise`, keyed by a
+seed taken from that generator), is the same on every backend and after a resume:
+backends give the same curve and differ only in time. A checkpoint of model,
+optimizer and estimator state (plus the history so far) is written every
+``checkpoint_every`` steps to ``<out>/checkpoints/<config_hash>.pt``; ``--resume``
+continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import kernels
+from bench import datasets as ds_mod
+from bench import models as models_mod
+from bench import options as opt
+from bench.results import Manifest, Result, ResultsWriter, make_result
+
+__all__ = [
+    "TrainConfig",
+    "evaluate_elbo",
+    "importance_sampled_log_likelihood",
+    "make_estimator",
+    "make_optimizer",
+    "train",
+    "train_benchmark",
+]
+
+EXAMPLES = """examples:
+  elbobench train --quick
+  elbobench train --dataset digits --estimators reparam,stl,iwae --backends numba,torch --steps 500
+  elbobench train --dataset mnist5k --estimators reparam --optimizer rmsprop --lr 1e-3 --seeds 0-2 --out reports/m
+  elbobench train --out reports/m --resume        # continue an interrupted run from its checkpoints
+  elbobench train --estimators score_function --control-variates none,leave_one_out --num-samples 4
+"""
+
+QUICK_ESTIMATORS = ("reparam", "stl", "score_function", "iwae", "dreg", "vimco")
+_CV_ESTIMATORS = ("score_function",)
+
+
+# --------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training configuration (its hash identifies it in the results).
+
+    Attributes:
+        dataset: registered dataset name.
+        estimator: registered estimator name.
+        control_variate: ``"none"`` or a control variate of ``score_function``.
+        backend: kernel backend for the whole run.
+        seed: seeds the model initialisation, batches and noise.
+        steps: optimizer steps.
+        batch_size: examples per step.
+        num_samples: Monte Carlo samples per example (K for the multi-sample bounds).
+        kl: ``"analytic"``, ``"mc"`` or None (the estimator's default).
+        optimizer: ``"sgd"``, ``"adam"`` or ``"rmsprop"``.
+        lr: learning rate.
+        eval_every: steps between evaluations (and the last step).
+        eval_size: at most this many validation rows per evaluation (None: all).
+        is_k: importance samples per test example (0 skips the estimate).
+        test_size: at most this many test rows for the final estimates (None: all).
+        target_elbo: validation ELBO whose first crossing is timed (None: not timed).
+        binarize: dataset binarization.
+        data_seed: seeds the dataset split (the same for every configuration).
+        split: dataset split counts or fractions (None: the dataset's default).
+        hidden, z_dim, activation: model overrides (None: the defaults).
+        checkpoint_every: steps between checkpoints (0: none).
+    """
+
+    dataset: str = "digits"
+    estimator: str = "reparam"
+    control_variate: str = "none"
+    backend: str = "torch"
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 100
+    num_samples: int = 1
+    kl: str | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    eval_every: int = 50
+    eval_size: int | None = None
+    is_k: int = 1000
+    test_size: int | None = None
+    target_elbo: float | None = None
+    binarize: str = "dynamic"
+    data_seed: int = 0
+    split: tuple | None = None
+    hidden: tuple | None = None
+    z_dim: int | None = None
+    activation: str | None = None
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "num_samples", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive int, got {v!r}")
+        for name in ("is_k", "checkpoint_every", "seed", "data_seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be a non-negative int, got {v!r}")
+        if self.optimizer not in opt.OPTIMIZERS:
+            raise ValueError(f"TrainConfig.optimizer must be one of {list(opt.OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.kl not in (None, "analytic", "mc"):
+            raise ValueError(f"TrainConfig.kl must be 'analytic', 'mc' or None, got {self.kl!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if self.control_variate not in opt.CONTROL_VARIATES:
+            raise ValueError(
+                f"TrainConfig.control_variate must be one of {list(opt.CONTROL_VARIATES)}, got {self.control_variate!r}"
+            )
+
+    def key(self) -> dict:
+        """The configuration as a dict (what is hashed), tagged with the benchmark."""
+        return {"benchmark": "train", **dataclasses.asdict(self)}
+
+
+# --------------------------------------------------------------------------- pieces
+def make_estimator(name: str, control_variate: str = "none", **options):
+    """``estimators.get(name, ...)`` with the CLI's ``"none"`` mapped to None.
+
+    The control variate is passed only to estimators that take one (``score_function``).
+    """
+    import estimators
+
+    if control_variate != "none":
+        if name not in _CV_ESTIMATORS:
+            raise ValueError(f"control variate {control_variate!r} applies to {list(_CV_ESTIMATORS)}, not {name!r}")
+        options["control_variate"] = control_variate
+    return estimators.get(name, **options)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """SGD, Adam (Kingma & Ba 2015) or RMSprop (Tieleman & Hinton 2012) with torch's defaults otherwise."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr)
+    raise ValueError(f"optimizer must be one of {list(opt.OPTIMIZERS)}, got {name!r}")
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of the noise of training step ``step`` (a fixed mix of the two, < 2**62)."""
+    return (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + 1) % (2**62)
+
+
+def log_px_given_z(model, x: torch.Tensor, decoded) -> torch.Tensor:
+    """``log p(x|z)`` through the kernel API: Bernoulli for logits, Gaussian for ``(mean, logvar)``."""
+    if isinstance(decoded, tuple):
+        mean, logvar = decoded
+        return kernels.normal_log_prob(x, mean, logvar)
+    return kernels.bernoulli_log_prob(x, decoded)
+
+
+@torch.no_grad()
+def evaluate_elbo(model, x: torch.Tensor, *, seed: int = 0, chunk: int = 2048) -> torch.Tensor:
+    """Single-sample ELBO per example ``[N]`` with analytic KL and noise from ``seed``.
+
+    ``ELBO(x) = log p(x | z) - KL(q(z|x) || N(0, I))``, ``z = mu + sigma * eps``
+    (Kingma & Welling 2014, eq. 10); the noise is the shared stream, so the value
+    is the same on every backend.
+    """
+    out = []
+    for i in range(0, x.shape[0], chunk):
+        xb = x[i : i + chunk]
+        mu, logvar = model.encode(xb)
+        eps = kernels.normal_noise(mu.shape, seed=seed + i, dtype=mu.dtype)
+        z, kl = kernels.normal_rsample_kl(mu, logvar, eps)
+        out.append(log_px_given_z(model, xb, model.decode(z)) - kl)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def importance_sampled_log_likelihood(
+    model, x: torch.Tensor, k: int = 1000, *, seed: int = 0, max_elements: int = 1 << 23
+) -> torch.Tensor:
+    """Importance-sampling estimate of ``log p(x)`` per example, ``[N]``.
+
+    ``log p(x) ~= logsumexp_j [log p(x|z_j) + log p(z_j) - log q(z_j|x)] - log k`` with
+    ``z_j ~ q(z|x)`` (Burda et al. 2016, eq. 8 and sec. 5; Rezende et al. 2014,
+    appendix E). A lower bound in expectation that tightens as ``k`` grows and
+    converges to ``log p(x)``. The ``k`` samples are processed in chunks whose
+    decoder output holds at most ``max_elements`` numbers, with a streaming
+    logsumexp; noise comes from the shared stream keyed by ``seed``.
+
+    Args:
+        model: follows the model protocol (``encode``, ``decode``).
+        x: ``[N, D]`` data.
+        k: importance samples per example.
+        seed: noise seed.
+        max_elements: memory bound per chunk.
+
+    Returns:
+        ``[N]`` estimates of ``log p(x_n)`` (float64).
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    n, d = x.shape
+    rows = max(1, min(n, max_elements // max(1, d)))
+    out = []
+    for i in range(0, n, rows):
+        xb = x[i : i + rows]
+        mu, logvar = model.encode(xb)
+        kc = max(1, min(k, max_elements // max(1, xb.shape[0] * d)))
+        acc = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64)
+        for j in range(0, k, kc):
+            kk = min(kc, k - j)
+            eps = kernels.normal_noise(
+                (kk, *mu.shape), seed=(seed * 1_000_003 + i * 7_919 + j) % (2**62), dtype=mu.dtype
+            )
+            z = kernels.normal_rsample(mu, logvar, eps)  # [kk, B, K]
+            log_w = (
+                log_px_given_z(model, xb, model.decode(z))
+                + kernels.normal_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+                - kernels.normal_log_prob(z, mu, logvar)
+            ).double()
+            acc = torch.logaddexp(acc, torch.logsumexp(log_w, dim=0))
+        out.append(acc - math.log(k))
+    return torch.cat(out)
+
+
+def step_noise(est, num_samples: int, batch: int, z_dim: int, seed: int) -> torch.Tensor:
+    """The step's noise: ``est.noise_shape(S, (B, K))`` normals from the shared stream for ``seed``."""
+    return kernels.normal_noise(est.noise_shape(num_samples, (batch, z_dim)), seed=seed)
+
+
+def _est_blob(est) -> bytes | None:
+    """The estimator pickled (its control-variate state: moving average, learned baseline), or None."""
+    import io
+
+    buf = io.BytesIO()
+    try:
+        torch.save(est, buf)
+    except Exception:  # noqa: BLE001 - an unpicklable estimator only loses its state on resume
+        return None
+    return buf.getvalue()
+
+
+def _est_from_blob(blob: bytes | None):
+    import io
+
+    if blob is None:
+        return None
+    return torch.load(io.BytesIO(blob), weights_only=False)
+
+
+# --------------------------------------------------------------------------- training
+def train(
+    config: TrainConfig,
+    *,
+    dataset: ds_mod.Dataset | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
+    return_model: bool = False,
+):
+    """Train one configuration and return its rows (and optionally the model).
+
+    Args:
+        config: the :class:`TrainConfig`.
+        dataset: a loaded dataset (else loaded from the config).
+        checkpoint_dir: where ``<config_hash>.pt`` checkpoints go (None: no checkpoints).
+        resume: continue from the checkpoint in ``checkpoint_dir`` if one exists.
+        progress: show a tqdm bar on stderr.
+        on_step: called as ``on_step(step, model)`` after each step (snapshots; tests interrupt with it).
+        return_model: also return the trained model.
+
+    Returns:
+        ``list[Result]`` (metrics ``train_elbo``, ``val_elbo``, ``wall_s`` per evaluation
+        step; ``examples_per_s``, ``test_elbo``, ``test_ll`` (+ ``test_ll_se``),
+        ``time_to_target``/``steps_to_target`` at the end), or ``(rows, model)``.
+    """
+    cfg = config
+    key = cfg.key()
+    from bench.results import config_hash
+
+    chash = config_hash(key)
+    if dataset is None:
+        dataset = ds_mod.load(cfg.dataset, seed=cfg.data_seed, binarize=cfg.binarize, split=cfg.split)
+    model = models_mod.build_model(
+        dataset, hidden=cfg.hidden, z_dim=cfg.z_dim, activation=cfg.activation, seed=cfg.seed
+    )
+    est = make_estimator(cfg.estimator, cfg.control_variate)
+    optim = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)  # an estimator updates its own parameters
+    history: list[dict] = []
+    start, wall = 0, 0.0
+    ckpt_path = Path(checkpoint_dir) / f"{chash}.pt" if checkpoint_dir is not None else None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        if state.get("config_hash") != chash:
+            raise ValueError(f"checkpoint {ckpt_path} belongs to another configuration")
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        est = _est_from_blob(state.get("estimator")) or est
+        start, wall, history = state["step"], state["wall"], state["history"]
+
+    def checkpoint(step: int) -> None:
+        if ckpt_path is None:
+            return
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "config_hash": chash,
+                "config": key,
+                "step": step,
+                "wall": wall,
+                "history": history,
+                "model": model.state_dict(),
+                "optimizer": optim.state_dict(),
+                "estimator": _est_blob(est),
+            },
+            tmp,
+        )
+        tmp.replace(ckpt_path)
+
+    val = dataset.val if dataset.val.shape[0] else dataset.train
+    if cfg.eval_size is not None:
+        val = val[: cfg.eval_size]
+    batches = dataset.batches(cfg.batch_size, seed=cfg.seed, start=start)
+    run_sum, run_n = 0.0, 0
+    bar = _bar(cfg.steps, f"train {cfg.estimator}/{cfg.control_variate}/{cfg.backend}/s{cfg.seed}", progress, start)
+    model.train()
+    with torch.no_grad():
+        z_dim = int(model.encode(dataset.train[:1])[0].shape[-1])
+    with kernels.use_backend(cfg.backend):
+        for step in range(start + 1, cfg.steps + 1):
+            x = next(batches)
+            t0 = time.perf_counter()
+            sseed = step_seed(cfg.seed, step)
+            torch.manual_seed(sseed)  # any other randomness of the estimator
+            eps = step_noise(est, cfg.num_samples, x.shape[0], z_dim, sseed)
+            optim.zero_grad(set_to_none=True)
+            loss, elbo = est.vae_loss(model, x, num_samples=cfg.num_samples, kl=cfg.kl, eps=eps)
+            loss.backward()
+            optim.step()
+            wall += time.perf_counter() - t0
+            run_sum += float(elbo.detach().mean())
+            run_n += 1
+            if not math.isfinite(run_sum):
+                raise FloatingPointError(
+                    f"training diverged at step {step} ({cfg.estimator}, {cfg.backend}, lr={cfg.lr}): bound is {run_sum}"
+                )
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                v = float(evaluate_elbo(model, val, seed=cfg.data_seed + 17).mean())
+                history.append({"step": step, "train_elbo": run_sum / run_n, "val_elbo": v, "wall_s": wall})
+                run_sum, run_n = 0.0, 0
+                if bar is not None:
+                    bar.set_postfix(val_elbo=f"{v:.2f}")
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                checkpoint(step)
+            if bar is not None:
+                bar.update(1)
+            if on_step is not None:
+                on_step(step, model)
+        if bar is not None:
+            bar.close()
+        rows = _rows(cfg, key, history, wall, model, dataset)
+    return (rows, model) if return_model else rows
+
+
+def _bar(total, desc, enabled, initial=0):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _rows(cfg: TrainConfig, key: dict, history: list[dict], wall: float, model, dataset) -> list[Result]:
+    common = {
+        "benchmark": "train",
+        "problem": cfg.dataset,
+        "estimator": cfg.estimator,
+        "control_variate": cfg.control_variate,
+        "backend": cfg.backend,
+        "size": f"B={cfg.batch_size}",
+        "seed": cfg.seed,
+    }
+    rows = []
+    for h in history:
+        rows.append(make_result(key, **common, metric="train_elbo", unit="nats", step=h["step"], value=h["train_elbo"]))
+        rows.append(make_result(key, **common, metric="val_elbo", unit="nats", step=h["step"], value=h["val_elbo"]))
+        rows.append(make_result(key, **common, metric="wall_s", unit="s", step=h["step"], value=h["wall_s"]))
+    rows.append(
+        make_result(
+            key,
+            **common,
+            metric="examples_per_s",
+            unit="examples/s",
+            step=cfg.steps,
+            value=cfg.steps * cfg.batch_size / wall,
+        )
+    )
+    if cfg.target_elbo is not None:
+        hit = next((h for h in history if h["val_elbo"] >= cfg.target_elbo), None)
+        if hit is not None:
+            rows.append(
+                make_result(key, **common, metric="time_to_target", unit="s", step=hit["step"], value=hit["wall_s"])
+            )
+            rows.append(
+                make_result(key, **common, metric="steps_to_target", unit="steps", step=hit["step"], value=hit["step"])
+            )
+    test = dataset.test if dataset.test.shape[0] else dataset.val
+    if cfg.test_size is not None:
+        test = test[: cfg.test_size]
+    model.eval()
+    with kernels.use_backend(cfg.backend):
+        elbo = evaluate_elbo(model, test, seed=cfg.data_seed + 29).double()
+        rows.append(_with_se(key, common, "test_elbo", elbo, cfg.steps, extra={"n_test": int(test.shape[0])}))
+        if cfg.is_k > 0:
+            ll = importance_sampled_log_likelihood(model, test, cfg.is_k, seed=cfg.data_seed + 31)
+            rows.append(_with_se(key, common, "test_ll", ll, cfg.steps))
+            se = float(ll.std() / math.sqrt(ll.numel())) if ll.numel() > 1 else math.nan
+            rows.append(make_result(key, **common, metric="test_ll_se", unit="nats", step=cfg.steps, value=se))
+    return rows
+
+
+def _with_se(key, common, metric, values: torch.Tensor, step: int, extra=None) -> Result:
+    m = float(values.mean())
+    se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else math.nan
+    return make_result(
+        key, **common, metric=metric, unit="nats", step=step, value=m, ci_low=m - 1.96 * se, ci_high=m + 1.96 * se
+    )
+
+
+# --------------------------------------------------------------------------- the benchmark
+def configs(
+    *,
+    datasets: Sequence[str] = ("digits",),
+    estimators: Sequence[str] = ("reparam",),
+    control_variates: Sequence[str] = ("none",),
+    backends: Sequence[str] = ("torch",),
+    seeds: Sequence[int] = (0,),
+    **common,
+) -> list[TrainConfig]:
+    """The grid ``dataset x estimator (x control variate for score_function) x backend x seed``.
+
+    Estimators that need several samples (``vimco``, and ``score_function`` with the
+    leave-one-out baseline: their ``min_samples``) get that many when the grid's
+    ``num_samples`` is smaller.
+    """
+    out = []
+    for d in datasets:
+        for e in estimators:
+            cvs = list(control_variates) if e in _CV_ESTIMATORS else ["none"]
+            for cv in cvs:
+                for b in backends:
+                    for s in seeds:
+                        extra = dict(common)
+                        need = make_estimator(e, cv).min_samples
+                        if extra.get("num_samples", 1) < need:
+                            extra["num_samples"] = need
+                        out.append(TrainConfig(dataset=d, estimator=e, control_variate=cv, backend=b, seed=s, **extra))
+    return out
+
+
+def train_benchmark(
+    grid: Sequence[TrainConfig],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    writer: ResultsWriter | None = None,
+) -> pd.DataFrame:
+    """Run every configuration of ``grid``; return all rows as a DataFrame.
+
+    With ``out`` (or ``writer``), each configuration's rows are appended to
+    ``results.csv`` as it finishes and checkpoints go to ``<out>/checkpoints``;
+    with ``resume``, finished configurations are skipped and an interrupted one
+    continues from its checkpoint.
+    """
+    if writer is None and out is not None:
+        writer = ResultsWriter(out, resume=resume)
+    ckpt_dir = Path(writer.out) / "checkpoints" if writer is not None else None
+    cache: dict = {}
+    rows: list[Result] = []
+    for cfg in grid:
+        if writer is not None and writer.is_done(cfg.key()):
+            continue
+        dkey = (cfg.dataset, cfg.data_seed, cfg.binarize, cfg.split)
+        if dkey not in cache:
+            cache[dkey] = ds_mod.load(cfg.dataset, seed=cfg.data_seed, binarize=cfg.binarize, split=cfg.split)
+        r = train(cfg, dataset=cache[dkey], checkpoint_dir=ckpt_dir, resume=resume, progress=progress)
+        if writer is not None:
+            writer.append(r)
+        rows.extend(r)
+    return to_frame(rows)
+
+
+def to_frame(rows: Sequence[Result]) -> pd.DataFrame:
+    """Rows as a DataFrame with the schema's columns."""
+    from bench.results import FIELDS
+
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=FIELDS)
+
+
+def summary(df: pd.DataFrame) -> str:
+    """One-screen table: final val ELBO, test log-likelihood (se), examples/s per configuration."""
+    if df.empty:
+        return "(no training results)"
+    keys = ["problem", "estimator", "control_variate", "backend"]
+    last = df[df.metric == "val_elbo"].sort_values("step").groupby([*keys, "seed"]).tail(1)
+    piv = {
+        "val_elbo": last.groupby(keys)["value"].mean(),
+        "test_ll": df[df.metric == "test_ll"].groupby(keys)["value"].mean(),
+        "test_ll_se": df[df.metric == "test_ll_se"].groupby(keys)["value"].mean(),
+        "examples/s": df[df.metric == "examples_per_s"].groupby(keys)["value"].mean(),
+    }
+    table = pd.DataFrame(piv)
+    return table.to_string(float_format=lambda v: f"{v:,.2f}")
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    opt.add_common(parser)
+    g = parser.add_argument_group("training")
+    g.add_argument("--batch-size", type=opt.positive_int, default=None, help="examples per step (default 100)")
+    g.add_argument("--num-samples", type=opt.positive_int, default=1, help="samples per example (K) (default 1)")
+    g.add_argument("--optimizer", choices=opt.OPTIMIZERS, default="adam")
+    g.add_argument("--lr", type=opt.positive_float, default=1e-3)
+    g.add_argument("--kl", choices=("analytic", "mc"), default=None, help="KL term (default: the estimator's)")
+    g.add_argument("--eval-every", type=opt.positive_int, default=None, help="steps between evaluations")
+    g.add_argument("--is-k", type=int, default=None, help="importance samples for the test log-likelihood (1000)")
+    g.add_argument("--target-elbo", type=float, default=None, help="validation ELBO whose first crossing is timed")
+    g.add_argument("--binarize", choices=ds_mod.BINARIZATIONS, default="dynamic")
+    g.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
+
+
+def grid_from_args(args: argparse.Namespace, common: dict) -> list[TrainConfig]:
+    """The training grid of parsed CLI options (``--quick`` sets the preset's defaults)."""
+    if args.is_k is not None and args.is_k < 0:
+        raise opt.OptionError(f"--is-k: got {args.is_k}; expected a non-negative integer (0 skips the estimate)")
+    if args.checkpoint_every < 0:
+        raise opt.OptionError(f"--checkpoint-every: got {args.checkpoint_every}; expected >= 0")
+    quick = args.quick
+    steps = args.steps or (300 if quick else 1000)
+    return configs(
+        datasets=common["datasets"],
+        estimators=common["estimators"],
+        control_variates=common["control_variates"],
+        backends=common["backends"],
+        seeds=common["seeds"],
+        steps=steps,
+        batch_size=args.batch_size or 100,
+        num_samples=args.num_samples,
+        kl=args.kl,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        eval_every=args.eval_every or max(1, steps // 10),
+        is_k=args.is_k if args.is_k is not None else (100 if quick else 1000),
+        target_elbo=args.target_elbo,
+        binarize=args.binarize,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    prog = "elbobench train"
+    try:
+        common = opt.resolve_common(args, default_estimators=",".join(QUICK_ESTIMATORS) if args.quick else "reparam")
+        grid = grid_from_args(args, common)
+        writer = ResultsWriter(common["out"], resume=args.resume)
+    except (opt.OptionError, ValueError, FileExistsError) as exc:
+        return opt.fail(prog, exc)
+    Manifest.collect(benchmark="train").write(common["out"])
+    print(f"{prog}: {len(grid)} configurations -> {writer.path}", file=sys.stderr)
+    df = train_benchmark(grid, writer=writer, resume=args.resume, progress=not args.no_progress)
+    print(summary(df))
+    print(f"results: {writer.path}")
+    return 0

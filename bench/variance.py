@@ -1,0 +1,630 @@
+"""Gradient-variance benchmark: variance, SNR, cost-normalised variance, bias and cosine.
+
+For a problem (a VAE on a dataset at several points of training, or a Gaussian toy)
+and an estimator (x control variate) x backend x number of samples S, it draws R
+independent gradient estimates ``g_1..g_R`` (each with S samples) in one batched
+call (:func:`estimators.per_sample_grads`, or a replicated surrogate for the toys)
+and reports, over all parameters and split into encoder and decoder:
+
+* ``total_variance``: the trace of the gradient covariance,
+  ``tr Var[g] ~= 1/(R-1) sum_r ||g_r - gbar||^2``, with a percentile bootstrap CI
+  over the R rows (``ci_low``/``ci_high``, 95 %; computed from the R x R Gram matrix,
+  so each bootstrap replicate costs O(R^2));
+* ``snr``: the mean over parameter elements of ``|gbar_i| / sd_i`` (the signal-to-noise
+  ratio of Rainforth et al. 2018, "Tighter variational bounds are not necessarily
+  better", averaged over elements with ``sd_i > 0``);
+* cost-normalised variance (Mohamed et al. 2020, JMLR, sec. 8: compare estimators at
+  equal cost): ``variance_x_seconds`` = variance x seconds per estimate, and
+  ``variance_x_evals`` = variance x model evaluations per estimate (S, times the
+  estimator's evaluations per sample);
+* against a ground truth ``g*``: ``bias_sq = ||gbar - g*||^2 - tr Var[g] / R``, an
+  unbiased estimate of the squared bias ``||E g - g*||^2`` (it can be slightly
+  negative for an unbiased estimator), ``rel_bias = sqrt(max(bias_sq, 0)) / ||g*||``,
+  and ``cosine = <gbar, g*> / (||gbar|| ||g*||)``. The truth is exact for ``ppca``
+  (closed-form ELBO gradient, :mod:`bench.ppca`) and the Gaussian toys; for an MLP VAE
+  it is a high-sample reference: the mean of many ``reparam`` estimates (``iwae`` at
+  the same K for the multi-sample bounds, whose objective is the K-sample bound).
+
+Gaussian toys (the generic-expectation contract of issue 4, ``est.surrogate``), with
+``z ~ N(mu, diag exp(logvar))`` in D dims and exact gradients:
+
+* ``gauss_quadratic``: ``f(z) = log N(z; a, I)`` through :func:`kernels.normal_log_prob`;
+  ``dE/dmu = a - mu``, ``dE/dlogvar = -exp(logvar) / 2``;
+* ``gauss_cosine``: ``f(z) = sum_d cos z_d``; ``E = sum cos(mu) exp(-s2/2)``, so
+  ``dE/dmu = -sin(mu) exp(-s2/2)``, ``dE/dlogvar = -s2/2 cos(mu) exp(-s2/2)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+import kernels
+from bench import datasets as ds_mod
+from bench import models as models_mod
+from bench import options as opt
+from bench.results import Manifest, Result, ResultsWriter, make_result
+
+__all__ = [
+    "TOYS",
+    "VarianceConfig",
+    "gradient_stats",
+    "toy_problem",
+    "variance_benchmark",
+]
+
+EXAMPLES = """examples:
+  elbobench variance --quick
+  elbobench variance --dataset digits --estimators reparam,score_function,stl \\
+      --control-variates none,leave_one_out,optimal --backends numba,torch --num-samples 1,10
+  elbobench variance --dataset ppca,gauss_quadratic --estimators reparam,measure_valued --num-samples 1000
+  elbobench variance --dataset digits --train-points 0,500,2000 --replicates 256
+"""
+
+TOYS = ("gauss_quadratic", "gauss_cosine")
+VAE_ONLY = ("iwae", "dreg", "vimco")
+
+
+@dataclass(frozen=True)
+class VarianceConfig:
+    """One variance measurement.
+
+    Attributes:
+        problem: a dataset name (a VAE on it) or a toy from :data:`TOYS`.
+        estimator, control_variate, backend: what is measured.
+        num_samples: S, samples per estimate (K for the multi-sample bounds).
+        replicates: R, independent estimates.
+        train_step: the point of training (steps of reparam + Adam from the seeded init).
+        seed: seeds the model, the batch and the estimates.
+        batch_size: examples in the fixed batch x (VAE problems).
+        toy_dim: D of the toys.
+        bootstrap: bootstrap replicates for the CIs.
+        data_seed: seeds the dataset split.
+    """
+
+    problem: str = "digits"
+    estimator: str = "reparam"
+    control_variate: str = "none"
+    backend: str = "torch"
+    num_samples: int = 1
+    replicates: int = 64
+    train_step: int = 0
+    seed: int = 0
+    batch_size: int = 32
+    toy_dim: int = 16
+    bootstrap: int = 200
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "batch_size", "toy_dim", "bootstrap"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"VarianceConfig.{name} must be a positive int, got {v!r}")
+        if isinstance(self.replicates, bool) or not isinstance(self.replicates, int) or self.replicates < 2:
+            raise ValueError(f"VarianceConfig.replicates must be an int >= 2, got {self.replicates!r}")
+        if self.train_step < 0:
+            raise ValueError(f"VarianceConfig.train_step must be >= 0, got {self.train_step!r}")
+
+    def key(self) -> dict:
+        return {"benchmark": "variance", **dataclasses.asdict(self)}
+
+
+# --------------------------------------------------------------------------- statistics
+def _flatten(grads: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tensor:
+    if not names:
+        return torch.zeros(0)
+    return torch.cat([grads[n].reshape(grads[n].shape[0], -1).double() for n in names], dim=1)
+
+
+def gradient_stats(
+    g: torch.Tensor, truth: torch.Tensor | None = None, *, bootstrap: int = 200, seed: int = 0
+) -> dict[str, float]:
+    """Variance, SNR, bias and cosine of R estimates ``g [R, P]`` (float64 math).
+
+    Args:
+        g: ``[R, P]`` one flattened gradient estimate per row.
+        truth: ``[P]`` ground-truth gradient, or None.
+        bootstrap: percentile-bootstrap replicates for the variance CI (0: no CI).
+        seed: seed of the bootstrap resampling.
+
+    Returns:
+        ``{"total_variance", "ci_low", "ci_high", "snr", "grad_norm_sq"}`` plus
+        ``{"bias_sq", "rel_bias", "cosine"}`` when ``truth`` is given. Formulas in the
+        module docstring.
+    """
+    g = g.double()
+    r, p = g.shape
+    if r < 2:
+        raise ValueError(f"need at least 2 estimates to measure a variance, got {r}")
+    mean = g.mean(0)
+    var_el = g.var(0, unbiased=True)  # [P]
+    total = float(var_el.sum())
+    sd = var_el.sqrt()
+    nz = sd > 0
+    snr = float((mean[nz].abs() / sd[nz]).mean()) if bool(nz.any()) else math.inf
+    out = {
+        "total_variance": total,
+        "snr": snr,
+        "grad_norm_sq": float(mean @ mean),
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+    }
+    if bootstrap > 0 and p > 0:
+        gram = g @ g.T  # [R, R]
+        gen = torch.Generator().manual_seed(int(seed))
+        idx = torch.randint(0, r, (bootstrap, r), generator=gen)
+        w = torch.zeros(bootstrap, r, dtype=torch.float64).scatter_add_(
+            1, idx, torch.ones(bootstrap, r, dtype=torch.float64)
+        )
+        quad = ((w @ gram) * w).sum(1)
+        boot = (w @ gram.diagonal() - quad / r) / (r - 1)
+        lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+        out["ci_low"], out["ci_high"] = lo, hi
+    if truth is not None:
+        t = truth.double().reshape(-1)
+        if t.numel() != p:
+            raise ValueError(f"truth has {t.numel()} elements but the estimates have {p}")
+        diff = mean - t
+        bias_sq = float(diff @ diff) - total / r
+        tn = float(t.norm())
+        out["bias_sq"] = bias_sq
+        out["rel_bias"] = math.sqrt(max(bias_sq, 0.0)) / tn if tn > 0 else math.nan
+        denom = float(mean.norm()) * tn
+        out["cosine"] = float(mean @ t) / denom if denom > 0 else math.nan
+    return out
+
+
+# --------------------------------------------------------------------------- toys
+def toy_problem(name: str, dim: int, seed: int):
+    """``(f, mu [D], logvar [D], exact_grad {"mu", "logvar"})`` of a Gaussian toy (see module doc)."""
+    gen = torch.Generator().manual_seed(int(seed) + 101)
+    mu = torch.randn(dim, generator=gen, dtype=torch.float64).float()
+    logvar = (0.5 * torch.randn(dim, generator=gen, dtype=torch.float64) - 0.5).float()
+    s2 = logvar.double().exp()
+    if name == "gauss_quadratic":
+        a = torch.randn(dim, generator=gen, dtype=torch.float64).float()
+
+        def f(z):
+            return kernels.normal_log_prob(z, a.expand_as(z), torch.zeros_like(z))
+
+        exact = {"mu": a.double() - mu.double(), "logvar": -0.5 * s2}
+    elif name == "gauss_cosine":
+
+        def f(z):
+            return torch.cos(z).sum(-1)
+
+        damp = torch.exp(-0.5 * s2)
+        exact = {"mu": -torch.sin(mu.double()) * damp, "logvar": -0.5 * s2 * torch.cos(mu.double()) * damp}
+    else:
+        raise ValueError(f"toy problem must be one of {list(TOYS)}, got {name!r}")
+    return f, mu, logvar, exact
+
+
+def toy_per_sample_grads(est, f, mu, logvar, replicates: int, num_samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """R estimates of ``d E[f] / d(mu, logvar)`` in one backward pass: ``{"mu": [R, D], "logvar": [R, D]}``.
+
+    The D-dim problem is replicated R times as a batch ``[R, D]`` (each row its own
+    leaf slice), so one ``surrogate(...).sum().backward()`` leaves row r's estimate in
+    row r of the gradients; the noise of the ``[S, R, D]`` draw is independent per row.
+    """
+    mu_r = mu.detach().expand(replicates, -1).clone().requires_grad_(True)
+    lv_r = logvar.detach().expand(replicates, -1).clone().requires_grad_(True)
+    torch.manual_seed(int(seed))
+    est.surrogate(f, mu_r, lv_r, num_samples).sum().backward()
+    return {"mu": mu_r.grad.detach(), "logvar": lv_r.grad.detach()}
+
+
+# --------------------------------------------------------------------------- VAE problems
+def _snapshots(dataset, steps: Sequence[int], seed: int, batch_size: int = 100):
+    """Model states after each of ``steps`` steps of reparam + Adam(1e-3) on the torch backend."""
+    from bench import train as train_mod
+
+    steps = sorted(set(int(s) for s in steps))
+    model0 = models_mod.build_model(dataset, seed=seed)
+    states = {0: {k: v.clone() for k, v in model0.state_dict().items()}}
+    last = max(steps)
+    if last > 0:
+        cfg = train_mod.TrainConfig(
+            dataset=dataset.name,
+            estimator="reparam",
+            backend="torch",
+            seed=seed,
+            steps=last,
+            batch_size=min(batch_size, dataset.train.shape[0]),
+            eval_every=last,
+            is_k=0,
+            checkpoint_every=0,
+        )
+
+        def grab(step, model):
+            if step in steps:
+                states[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        train_mod.train(cfg, dataset=dataset, on_step=grab)
+    return {s: states[s] for s in steps}
+
+
+def _fixed_batch(dataset, batch_size: int, seed: int) -> torch.Tensor:
+    x = dataset.train[:batch_size]
+    if dataset.binarize == "dynamic":
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(int(seed) + 7))
+    return x
+
+
+def _evals_per_estimate(est, num_samples: int) -> float:
+    """Model evaluations one estimate costs: S times the estimator's evaluations per sample.
+
+    Uses the estimator's ``evals_per_estimate(num_samples)`` or ``evals_per_sample``
+    when it declares one (measure-valued derivatives evaluate f at paired points;
+    the ``optimal`` control variate draws extra samples), else S.
+    """
+    fn = getattr(est, "evals_per_estimate", None)
+    if callable(fn):
+        return float(fn(num_samples))
+    return float(num_samples) * float(getattr(est, "evals_per_sample", 1))
+
+
+def _make_est(name: str, cv: str):
+    from bench.train import make_estimator
+
+    return make_estimator(name, cv)
+
+
+def _timed(fn, warm: bool):
+    if warm:
+        fn()  # compile / allocate outside the timed call
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------- benchmark
+def configs(
+    *,
+    problems: Sequence[str] = ("digits",),
+    estimators: Sequence[str] = ("reparam",),
+    control_variates: Sequence[str] = ("none",),
+    backends: Sequence[str] = ("torch",),
+    num_samples: Sequence[int] = (1,),
+    train_steps: Sequence[int] = (0,),
+    seeds: Sequence[int] = (0,),
+    **common,
+) -> list[VarianceConfig]:
+    """The grid problem x train step x estimator (x control variate) x backend x S x seed.
+
+    Skipped combinations: VAE-only estimators and the ``learned`` control variate on
+    the toys; S = 1 for estimators that need S >= 2 (``vimco``, leave-one-out); train
+    steps other than 0 on the toys (they have no training).
+    """
+    out = []
+    for prob in problems:
+        is_toy = prob in TOYS
+        for step in [0] if is_toy else train_steps:
+            for e in estimators:
+                if is_toy and e in VAE_ONLY:
+                    continue
+                cvs = list(control_variates) if e == "score_function" else ["none"]
+                for cv in cvs:
+                    if is_toy and cv == "learned":
+                        continue
+                    for s in num_samples:
+                        if s < 2 and (e == "vimco" or cv == "leave_one_out"):
+                            continue
+                        for b in backends:
+                            for seed in seeds:
+                                out.append(
+                                    VarianceConfig(
+                                        problem=prob,
+                                        estimator=e,
+                                        control_variate=cv,
+                                        backend=b,
+                                        num_samples=s,
+                                        train_step=step,
+                                        seed=seed,
+                                        **common,
+                                    )
+                                )
+    return out
+
+
+def variance_benchmark(
+    grid: Sequence[VarianceConfig],
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    writer: ResultsWriter | None = None,
+    reference_estimates: int = 4096,
+) -> pd.DataFrame:
+    """Measure every configuration of ``grid``; return the rows as a DataFrame.
+
+    Rows of one configuration are appended to ``<out>/results.csv`` together when it
+    finishes; with ``resume`` finished configurations are skipped.
+
+    Args:
+        grid: from :func:`configs`.
+        out, resume, writer: where rows go (see :class:`bench.results.ResultsWriter`).
+        progress: tqdm bar on stderr.
+        reference_estimates: single-sample estimates averaged into the high-sample
+            reference gradient of an MLP VAE (the mean of ``reference_estimates /
+            64`` estimates of 64 samples each).
+    """
+    if writer is None and out is not None:
+        writer = ResultsWriter(out, resume=resume)
+    todo = [c for c in grid if writer is None or not writer.is_done(c.key())]
+    rows: list[Result] = []
+    ctx: dict = {}
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="variance", file=sys.stderr, leave=False, dynamic_ncols=True)
+    warmed: set = set()
+    for cfg in todo:
+        r = _measure(cfg, ctx, warmed, reference_estimates)
+        if writer is not None:
+            writer.append(r)
+        rows.extend(r)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    from bench.train import to_frame
+
+    return to_frame(rows)
+
+
+def _problem(cfg: VarianceConfig, ctx: dict):
+    """Cached ``(model, x)`` of a VAE problem at ``cfg.train_step``."""
+    dkey = (cfg.problem, cfg.data_seed)
+    if dkey not in ctx:
+        ctx[dkey] = ds_mod.load(cfg.problem, seed=cfg.data_seed, binarize="dynamic")
+    dataset = ctx[dkey]
+    skey = ("snap", cfg.problem, cfg.seed)
+    if skey not in ctx:
+        ctx[skey] = {}
+    snaps = ctx[skey]
+    if cfg.train_step not in snaps:
+        # train once to the largest step asked so far for this problem
+        wanted = sorted({cfg.train_step, *snaps})
+        snaps.update(_snapshots(dataset, wanted, cfg.seed))
+    model = models_mod.build_model(dataset, seed=cfg.seed)
+    model.load_state_dict(snaps[cfg.train_step])
+    x = _fixed_batch(dataset, min(cfg.batch_size, dataset.train.shape[0]), cfg.seed)
+    return dataset, model, x
+
+
+def _reference(cfg: VarianceConfig, ctx: dict, dataset, model, x, names, n_estimates: int) -> torch.Tensor | None:
+    """Ground-truth gradient for a VAE problem (exact for ppca, high-sample otherwise)."""
+    import estimators
+
+    multi = cfg.estimator in VAE_ONLY
+    k = cfg.num_samples if multi else 1
+    rkey = ("ref", cfg.problem, cfg.seed, cfg.train_step, cfg.batch_size, multi, k)
+    if rkey in ctx:
+        return ctx[rkey]
+    ref = None
+    if dataset.likelihood == "gaussian" and not (multi and k > 1):
+        from bench import ppca
+
+        exact = getattr(ppca, "exact_elbo_grads", None)
+        if callable(exact):
+            g = exact(model, x)
+            ref = torch.cat([g[n].reshape(-1).double() for n in names])
+    if ref is None:
+        est = estimators.get("iwae" if multi else "reparam")
+        s = k if multi else 64
+        reps = max(2, n_estimates // 64)
+        with kernels.use_backend("torch"):
+            total, done = None, 0
+            chunk = 64
+            while done < reps:
+                rr = min(chunk, reps - done)
+                g = estimators.per_sample_grads(est, model, x, rr, num_samples=s, seed=10_000 + done)
+                flat = _flatten(g, names).sum(0)
+                total = flat if total is None else total + flat
+                done += rr
+        ref = total / reps
+    ctx[rkey] = ref
+    return ref
+
+
+def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: int) -> list[Result]:
+    import estimators
+
+    est = _make_est(cfg.estimator, cfg.control_variate)
+    common = {
+        "benchmark": "variance",
+        "problem": cfg.problem,
+        "estimator": cfg.estimator,
+        "control_variate": cfg.control_variate,
+        "backend": cfg.backend,
+        "size": f"S={cfg.num_samples}",
+        "step": cfg.train_step,
+        "seed": cfg.seed,
+    }
+    wkey = (cfg.problem, cfg.estimator, cfg.control_variate, cfg.backend)
+    warm = wkey not in warmed
+    warmed.add(wkey)
+    if cfg.problem in TOYS:
+        f, mu, logvar, exact = toy_problem(cfg.problem, cfg.toy_dim, cfg.seed)
+        with kernels.use_backend(cfg.backend):
+            grads, secs = _timed(
+                lambda: toy_per_sample_grads(est, f, mu, logvar, cfg.replicates, cfg.num_samples, cfg.seed), warm
+            )
+        groups = {"total": ["mu", "logvar"], "mu": ["mu"], "logvar": ["logvar"]}
+        truth_all = torch.cat([exact["mu"], exact["logvar"]])
+        truths = {"total": truth_all, "mu": exact["mu"], "logvar": exact["logvar"]}
+    else:
+        dataset, model, x = _problem(cfg, ctx)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        split = models_mod.encoder_decoder_split(names)
+        with kernels.use_backend(cfg.backend):
+            grads, secs = _timed(
+                lambda: estimators.per_sample_grads(
+                    est, model, x, cfg.replicates, num_samples=cfg.num_samples, seed=cfg.seed
+                ),
+                warm,
+            )
+        ref = _reference(cfg, ctx, dataset, model, x, names, reference_estimates)
+        groups = {"total": names, "encoder": split["encoder"], "decoder": split["decoder"]}
+        truths = {"total": ref}
+        if ref is not None:
+            sizes = [grads[n][0].numel() for n in names]
+            parts = dict(zip(names, torch.split(ref, sizes), strict=True))
+            truths["encoder"] = torch.cat([parts[n] for n in split["encoder"]]) if split["encoder"] else None
+            truths["decoder"] = torch.cat([parts[n] for n in split["decoder"]]) if split["decoder"] else None
+    sec_per = secs / cfg.replicates
+    evals = _evals_per_estimate(est, cfg.num_samples)
+    key = cfg.key()
+    rows = [
+        make_result(key, **common, metric="seconds_per_estimate", unit="s", value=sec_per),
+        make_result(key, **common, metric="evals_per_estimate", unit="evals", value=evals),
+    ]
+    for group, names_g in groups.items():
+        if not names_g:
+            continue
+        g = _flatten(grads, names_g)
+        st = gradient_stats(g, truths.get(group), bootstrap=cfg.bootstrap, seed=cfg.seed)
+        prefix = "" if group == "total" else f"{group}_"
+        v = st["total_variance"]
+        rows.append(
+            make_result(
+                key,
+                **common,
+                metric=f"{prefix}total_variance" if prefix else "total_variance",
+                unit="grad^2",
+                value=v,
+                ci_low=st["ci_low"],
+                ci_high=st["ci_high"],
+            )
+        )
+        rows.append(make_result(key, **common, metric=f"{prefix}snr", unit="", value=st["snr"]))
+        if group == "total":
+            lo, hi = st["ci_low"], st["ci_high"]
+            rows.append(
+                make_result(
+                    key,
+                    **common,
+                    metric="variance_x_seconds",
+                    unit="grad^2*s",
+                    value=v * sec_per,
+                    ci_low=lo * sec_per,
+                    ci_high=hi * sec_per,
+                )
+            )
+            rows.append(
+                make_result(
+                    key,
+                    **common,
+                    metric="variance_x_evals",
+                    unit="grad^2*evals",
+                    value=v * evals,
+                    ci_low=lo * evals,
+                    ci_high=hi * evals,
+                )
+            )
+            rows.append(make_result(key, **common, metric="grad_norm_sq", unit="grad^2", value=st["grad_norm_sq"]))
+        if "bias_sq" in st:
+            rows.append(make_result(key, **common, metric=f"{prefix}bias_sq", unit="grad^2", value=st["bias_sq"]))
+            rows.append(make_result(key, **common, metric=f"{prefix}rel_bias", unit="", value=st["rel_bias"]))
+            rows.append(make_result(key, **common, metric=f"{prefix}cosine", unit="", value=st["cosine"]))
+    return rows
+
+
+def summary(df: pd.DataFrame) -> str:
+    """One-screen table: variance, SNR, cost-normalised variance and cosine per configuration."""
+    if df.empty:
+        return "(no variance results)"
+    keys = ["problem", "step", "estimator", "control_variate", "backend", "size"]
+    want = ["total_variance", "snr", "variance_x_seconds", "variance_x_evals", "cosine"]
+    sub = df[df.metric.isin(want)]
+    table = sub.pivot_table(index=keys, columns="metric", values="value", aggfunc="mean")
+    table = table[[c for c in want if c in table.columns]]
+    return table.to_string(float_format=lambda v: f"{v:.3g}")
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    opt.add_common(parser)
+    g = parser.add_argument_group("variance")
+    g.add_argument("--num-samples", default="1", help="comma-separated S values (default 1)")
+    g.add_argument("--replicates", type=int, default=None, help="R estimates per configuration (default 64; >= 2)")
+    g.add_argument("--train-points", default=None, help="comma-separated training steps to measure at (default 0,200)")
+    g.add_argument("--batch-size", type=opt.positive_int, default=32, help="examples in the fixed batch (default 32)")
+    g.add_argument("--toy-dim", type=opt.positive_int, default=16, help="dimension of the Gaussian toys")
+    g.add_argument("--bootstrap", type=opt.positive_int, default=200, help="bootstrap replicates for the CIs")
+
+
+def _validate_problems(names: list[str]) -> list[str]:
+    from bench import datasets
+
+    known = [*datasets.available(), *TOYS]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise opt.OptionError(f"--dataset: unknown dataset or problem {bad[0]!r}; expected some of {known}")
+    return names
+
+
+def grid_from_args(args: argparse.Namespace, common: dict) -> list[VarianceConfig]:
+    replicates = args.replicates if args.replicates is not None else 64
+    if replicates < 2:
+        raise opt.OptionError(f"--replicates: got {replicates}; expected an integer >= 2")
+    points = opt.parse_ints(args.train_points or ("0,200" if args.quick else "0"), "--train-points", minimum=0)
+    if args.steps is not None and args.train_points is None:
+        points = [0, args.steps]
+    return configs(
+        problems=common["datasets"],
+        estimators=common["estimators"],
+        control_variates=common["control_variates"],
+        backends=common["backends"],
+        num_samples=opt.parse_ints(args.num_samples, "--num-samples"),
+        train_steps=points,
+        seeds=common["seeds"],
+        replicates=replicates,
+        batch_size=args.batch_size,
+        toy_dim=args.toy_dim,
+        bootstrap=args.bootstrap,
+    )
+
+
+def resolve(args: argparse.Namespace) -> tuple[dict, list[VarianceConfig]]:
+    """Validate the CLI options and build the grid (raises :class:`OptionError`)."""
+    problems = _validate_problems(opt.parse_list(args.dataset, "--dataset"))
+    real = [p for p in problems if p not in TOYS]
+    saved = args.dataset
+    args.dataset = ",".join(real) or "digits"
+    try:
+        all_est = ",".join(opt.estimator_names())
+        cvs = ",".join(opt.CONTROL_VARIATES) if args.quick else "none,leave_one_out"
+        if args.control_variates is None:
+            args.control_variates = cvs
+        common = opt.resolve_common(args, default_estimators=all_est if args.quick else "reparam,score_function,stl")
+    finally:
+        args.dataset = saved
+    common["datasets"] = problems
+    return common, grid_from_args(args, common)
+
+
+def main(args: argparse.Namespace) -> int:
+    prog = "elbobench variance"
+    try:
+        common, grid = resolve(args)
+        writer = ResultsWriter(common["out"], resume=args.resume)
+    except (opt.OptionError, ValueError, FileExistsError) as exc:
+        return opt.fail(prog, exc)
+    Manifest.collect(benchmark="variance").write(common["out"])
+    print(f"{prog}: {len(grid)} configurations -> {writer.path}", file=sys.stderr)
+    df = variance_benchmark(grid, writer=writer, resume=args.resume, progress=not args.no_progress)
+    print(summary(df))
+    print(f"results: {writer.path}")
+    return 0
