@@ -1,0 +1,46 @@
+"""Monte Carlo gradient estimators of Gaussian expectations and of VAE bounds.
+
+One estimator per module, one registry::
+
+    import estimators
+    estimators.available()    # ['reparam', 'stl', 'score_function', 'measure_valued', 'iwae', 'dreg', 'vimco']
+    est = estimators.get("score_function", control_variate="leave_one_out")
+    s = est.surrogate(f, mu, logvar, num_samples=8, seed=0)   # value: MC estimate of E[f]
+    s.sum().backward()                                        # gradient estimate in mu.grad, logvar.grad
+    loss, elbo = est.vae_loss(model, x, num_samples=8)        # the VAE objective
+    grads = estimators.per_sample_grads(est, model, x, R=1024, num_samples=8, seed=0)
+
+Estimators call only the public kernel API (:mod:`kernels`), so the kernel
+backend choice (``kernels.use_backend``, ``ELBOBENCH_BACKEND``) swaps what they
+run on. See :mod:`estimators.base` for the protocols.
+"""
+
+from . import control_variates
+from .base import Estimator, attach, derive_seed, log_likelihood, log_prior
+from .registry import available, get, register
+
+# registration order is the order of available()
+from . import reparam, stl, score_function, measure_valued, iwae, dreg, vimco  # noqa: E402, I001  isort: skip
+from .per_sample import per_sample_grads, per_sample_grads_expectation, per_sample_grads_loop  # noqa: E402
+
+__all__ = [
+    "Estimator",
+    "attach",
+    "available",
+    "control_variates",
+    "derive_seed",
+    "dreg",
+    "get",
+    "iwae",
+    "log_likelihood",
+    "log_prior",
+    "measure_valued",
+    "per_sample_grads",
+    "per_sample_grads_expectation",
+    "per_sample_grads_loop",
+    "register",
+    "reparam",
+    "score_function",
+    "stl",
+    "vimco",
+]

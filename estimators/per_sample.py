@@ -1,0 +1,271 @@
+"""Per-sample gradients: R independent estimates ``[R, *param.shape]``, batched.
+
+The variance benchmark needs many independent gradient estimates. Replicate r
+draws its noise from the shared stream with seed ``derive_seed(seed, r)``, so row
+r equals the gradient of ``est.vae_loss(model, x, seed=derive_seed(seed, r))``
+(:func:`per_sample_grads_loop` computes exactly that, one backward pass per
+replicate, as the reference). The batched version runs the R replicates as one
+batch, chunked over R to bound memory:
+
+1. ``mu, logvar = encode(x)`` once; the R replicates see copies ``[R, B, Dz]``
+   (leaves) and their stacked noise ``[S, R, ...]``; the estimator's objective
+   runs once on the batch (decoders accept leading dims; every kernel call is an
+   ordinary batched call, so any kernel backend works).
+2. One ``torch.autograd.grad`` gives, per replicate, the gradient with respect
+   to its ``mu``/``logvar`` copy and to each decoder output (zero-valued probes
+   added to the outputs).
+3. Parameter gradients per replicate are vector-Jacobian products with those
+   cotangents, vectorised over R with ``torch.func.vmap``: the encoder's VJP at x
+   (its Jacobian is shared by all replicates), the decoder's at each replicate's z.
+
+Stateful control variates are frozen meanwhile (:meth:`Estimator.frozen`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, vjp, vmap
+
+import kernels
+from kernels.philox import check_seed
+
+from .base import Estimator, check_gaussian, check_model, check_x, checked_f, derive_seed
+
+MEMORY_BUDGET = 1 << 26  # elements per chunk (256 MiB of float32) for the automatic chunk size
+
+
+class _Method(nn.Module):
+    """``forward`` calls ``model.<method>`` so that ``functional_call`` can swap its parameters."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        super().__init__()
+        self.m = model
+        self.method = method
+
+    def forward(self, *args):
+        return getattr(self.m, self.method)(*args)
+
+
+class _Recorder:
+    """Model stand-in whose ``decode`` records ``(z, probes)`` and adds zero probes to the outputs."""
+
+    def __init__(self, dec_mod: _Method, params: dict[str, torch.Tensor], likelihood: str) -> None:
+        self.dec_mod, self.params, self.likelihood = dec_mod, params, likelihood
+        self.calls: list[tuple[torch.Tensor, list[torch.Tensor], bool]] = []
+
+    def decode(self, z):
+        out = functional_call(self.dec_mod, self.params, (z,))  # detached parameters: graph through z only
+        single = isinstance(out, torch.Tensor)
+        outs = (out,) if single else tuple(out)
+        probes = [torch.zeros_like(o, requires_grad=True) for o in outs]
+        self.calls.append((z.detach(), probes, single))
+        new = tuple(o + p for o, p in zip(outs, probes, strict=True))
+        return new[0] if single else new
+
+
+def _check_r(R: object) -> int:
+    if isinstance(R, bool) or not isinstance(R, int) or R < 1:
+        raise ValueError(f"R must be an int >= 1 (number of replicates), got {R!r}")
+    return R
+
+
+def _check_chunk(chunk_size: object, R: int, per_rep: int) -> int:
+    if chunk_size is None:
+        return max(1, min(R, MEMORY_BUDGET // max(per_rep, 1)))
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1 or None (automatic), got {chunk_size!r}")
+    return min(chunk_size, R)
+
+
+def _stacked_noise(est: Estimator, num_samples: int, mu: torch.Tensor, seed: int, r0: int, r1: int):
+    shape = est.noise_shape(num_samples, tuple(mu.shape))
+    eps = [
+        kernels.normal_noise(shape, seed=derive_seed(seed, r), device=mu.device, dtype=mu.dtype) for r in range(r0, r1)
+    ]
+    return torch.stack(eps, 1)  # [S', R, *mu.shape(, channels)]
+
+
+def _param_groups(model: nn.Module) -> tuple[list[str], list[str]]:
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if isinstance(getattr(model, "encoder", None), nn.Module) and isinstance(
+        getattr(model, "decoder", None), nn.Module
+    ):
+        enc = [n for n in names if n.startswith("encoder.")]
+        dec = [n for n in names if n.startswith("decoder.")]
+        rest = [n for n in names if n not in enc and n not in dec]
+        return enc + rest, dec + rest
+    return names, names
+
+
+def _check_est(est: object) -> Estimator:
+    if not isinstance(est, Estimator):
+        raise TypeError(f"est must be an estimator from estimators.get(...), got {type(est).__name__}")
+    return est
+
+
+def per_sample_grads(
+    est: Estimator,
+    model: nn.Module,
+    x: torch.Tensor,
+    R: int,
+    *,
+    num_samples: int = 1,
+    seed: int = 0,
+    kl: str | None = None,
+    chunk_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """R independent gradient estimates of the VAE loss, batched over R.
+
+    Args:
+        est: an estimator (any of :func:`estimators.available`).
+        model: an ``nn.Module`` following the model protocol (:mod:`estimators.base`).
+        x: ``[B, Dx]`` observations (one fixed batch).
+        R: number of replicates.
+        num_samples: samples per estimate (S, or K for the multi-sample bounds).
+        seed: replicate r uses noise seed ``derive_seed(seed, r)``.
+        kl: as :meth:`Estimator.vae_loss`.
+        chunk_size: replicates per batch (None: as many as fit a 256 MiB working set).
+
+    Returns:
+        ``{name: [R, *param.shape]}`` for every trainable parameter of ``model``: row r is
+        the gradient of ``est.vae_loss(model, x, num_samples=S, kl=kl,
+        seed=derive_seed(seed, r))[0]`` (the loss to minimise).
+    """
+    est = _check_est(est)
+    check_model(model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x = check_x(x)
+    R = _check_r(R)
+    seed = check_seed(seed)
+    kl = est.resolve_kl(kl)
+    num_samples = est.check_num_samples(num_samples)
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    enc_names, dec_names = _param_groups(model)
+    enc_mod, dec_mod = _Method(model, "encode"), _Method(model, "decode")
+    enc_params = {"m." + n: params[n] for n in enc_names}
+    dec_params = {"m." + n: params[n] for n in dec_names}
+    n_params = sum(p.numel() for p in params.values())
+    with torch.enable_grad(), est.frozen():
+        (mu, logvar), enc_vjp = vjp(lambda p: tuple(functional_call(enc_mod, p, (x,))), enc_params)
+        check_gaussian(mu, logvar, f"{type(model).__name__}.encode(x)")
+        mu, logvar = mu.detach(), logvar.detach()
+        per_rep = 3 * n_params + 8 * est.evaluations(num_samples, mu.shape[-1]) * x.numel()
+        chunk = _check_chunk(chunk_size, R, per_rep)
+        out = {n: torch.zeros(R, *p.shape, dtype=p.dtype, device=p.device) for n, p in params.items()}
+        rec_params = {k: v.detach() for k, v in dec_params.items()}
+        for r0 in range(0, R, chunk):
+            r1 = min(R, r0 + chunk)
+            rc = r1 - r0
+            eps = _stacked_noise(est, num_samples, mu, seed, r0, r1)
+            mu_r = mu.unsqueeze(0).expand(rc, *mu.shape).clone().requires_grad_(True)
+            lv_r = logvar.unsqueeze(0).expand(rc, *logvar.shape).clone().requires_grad_(True)
+            rec = _Recorder(dec_mod, rec_params, model.likelihood)
+            surr, _ = est._vae_objective(rec, x, mu_r, lv_r, eps, kl)  # [rc, B]
+            loss = -surr.mean(-1).sum()
+            probes = [p for _, ps, _ in rec.calls for p in ps]
+            grads = torch.autograd.grad(loss, [mu_r, lv_r, *probes], allow_unused=True)
+            g_mu = torch.zeros_like(mu_r) if grads[0] is None else grads[0]
+            g_lv = torch.zeros_like(lv_r) if grads[1] is None else grads[1]
+            (enc,) = vmap(lambda a, b: enc_vjp((a, b)))(g_mu, g_lv)
+            for name, g in enc.items():
+                out[name[2:]][r0:r1] += g
+            i = 2
+            for z_in, ps, single in rec.calls:
+                cots = grads[i : i + len(ps)]
+                i += len(ps)
+                if all(c is None for c in cots):
+                    continue
+                cots = tuple(torch.zeros_like(p) if c is None else c for c, p in zip(cots, ps, strict=True))
+                rd = z_in.dim() - mu.dim() - 1  # position of the replicate dim: [..., R, B, Dz]
+                for name, g in _decoder_vjp(dec_mod, dec_params, z_in, cots, single, rd).items():
+                    out[name[2:]][r0:r1] += g
+    return out
+
+
+def _decoder_vjp(dec_mod, dec_params, z_in, cots, single, rd) -> dict[str, torch.Tensor]:
+    def one(z, *c):
+        _, fn = vjp(lambda p: functional_call(dec_mod, p, (z,)), dec_params)
+        (g,) = fn(c[0] if single else tuple(c))
+        return g
+
+    return vmap(one, in_dims=(rd, *([rd] * len(cots))))(z_in, *cots)
+
+
+def per_sample_grads_loop(
+    est: Estimator,
+    model: nn.Module,
+    x: torch.Tensor,
+    R: int,
+    *,
+    num_samples: int = 1,
+    seed: int = 0,
+    kl: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """The reference of :func:`per_sample_grads`: R calls of ``vae_loss`` and R backward passes.
+
+    Slow by design (the baseline of the per-sample-gradient benchmark); same
+    output, same noise.
+    """
+    est = _check_est(est)
+    R = _check_r(R)
+    seed = check_seed(seed)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows: list[list[torch.Tensor]] = [[] for _ in names]
+    with torch.enable_grad(), est.frozen():
+        for r in range(R):
+            loss, _ = est.vae_loss(model, x, num_samples=num_samples, kl=kl, seed=derive_seed(seed, r))
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for row, g, p in zip(rows, grads, params, strict=True):
+                row.append(torch.zeros_like(p) if g is None else g)
+    return {n: torch.stack(row) for n, row in zip(names, rows, strict=True)}
+
+
+def per_sample_grads_expectation(
+    est: Estimator,
+    f: Callable[[torch.Tensor], torch.Tensor],
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    R: int,
+    *,
+    num_samples: int = 1,
+    seed: int = 0,
+    chunk_size: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """R independent estimates of ``grad E_{N(mu, diag exp(logvar))}[f]`` in (mu, logvar), batched.
+
+    ``f`` must treat leading dims as batch dims: it receives z of shape
+    ``[S', R_chunk, *mu.shape]`` and returns ``[S', R_chunk, *mu.shape[:-1]]``.
+    Gradients with respect to parameters f closes over are not returned.
+
+    Returns:
+        ``{"mu": [R, *mu.shape], "logvar": [R, *mu.shape]}``; row r equals the gradient
+        of ``est.surrogate(f, mu, logvar, num_samples, seed=derive_seed(seed, r)).sum()``.
+    """
+    est = _check_est(est)
+    if est.vae_only:
+        est.surrogate(f, mu, logvar, num_samples)  # raises the estimator's own error
+    check_gaussian(mu, logvar, f"{est.name}.per_sample_grads_expectation")
+    R = _check_r(R)
+    seed = check_seed(seed)
+    num_samples = est.check_num_samples(num_samples)
+    mu, logvar = mu.detach(), logvar.detach()
+    per_rep = 4 * est.evaluations(num_samples, mu.shape[-1]) * mu.numel()
+    chunk = _check_chunk(chunk_size, R, per_rep)
+    out = {"mu": torch.empty(R, *mu.shape, dtype=mu.dtype), "logvar": torch.empty(R, *mu.shape, dtype=mu.dtype)}
+    with torch.enable_grad(), est.frozen():
+        for r0 in range(0, R, chunk):
+            r1 = min(R, r0 + chunk)
+            rc = r1 - r0
+            eps = _stacked_noise(est, num_samples, mu, seed, r0, r1)
+            mu_r = mu.unsqueeze(0).expand(rc, *mu.shape).clone().requires_grad_(True)
+            lv_r = logvar.unsqueeze(0).expand(rc, *mu.shape).clone().requires_grad_(True)
+            surr = est._expectation(checked_f(f, mu_r.shape), mu_r, lv_r, eps, None)
+            g = torch.autograd.grad(surr.sum(), [mu_r, lv_r], allow_unused=True)
+            out["mu"][r0:r1] = 0.0 if g[0] is None else g[0]
+            out["logvar"][r0:r1] = 0.0 if g[1] is None else g[1]
+    return out

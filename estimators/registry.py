@@ -1,0 +1,58 @@
+"""The one registry of gradient estimators.
+
+An estimator is a subclass of :class:`estimators.base.Estimator` registered under
+its ``name`` with :func:`register` (a class decorator). Adding an estimator is one
+module with one decorated class plus its import in ``estimators/__init__.py``;
+the contract tests and the benchmarks iterate over :func:`available`.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+_REGISTRY: dict[str, type] = {}
+
+T = TypeVar("T", bound=type)
+
+
+def register(cls: T) -> T:
+    """Class decorator adding an :class:`~estimators.base.Estimator` subclass under ``cls.name``.
+
+    Raises:
+        TypeError: ``cls`` is not an Estimator subclass.
+        ValueError: the name is not an identifier or is already taken.
+    """
+    from .base import Estimator
+
+    if not isinstance(cls, type) or not issubclass(cls, Estimator):
+        raise TypeError(f"register() takes an Estimator subclass, got {cls!r}")
+    name = getattr(cls, "name", "")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"estimator name must be an identifier, got {name!r} on {cls.__name__}")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ValueError(f"estimator {name!r} is already registered by {_REGISTRY[name].__name__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Registered estimator names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get(name: str, **options):
+    """A new estimator ``name`` configured by ``options``.
+
+    Args:
+        name: one of :func:`available`.
+        **options: estimator options, e.g. ``control_variate="leave_one_out"`` for
+            ``score_function`` or ``coupling=False`` for ``measure_valued``.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones) or a bad
+            option value.
+        TypeError: an option the estimator does not take (the message lists those it takes).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"estimator must be one of {available()}, got {name!r}")
+    return _REGISTRY[name](**options)
