@@ -31,9 +31,11 @@ INTERPRETED: bool = bool(knobs.runtime.interpret)
 
 NAMESPACE = "elbobench_triton"  # torch.ops.elbobench_triton.<op>
 
-TILE = 4096  # elements per program of a row-reducing kernel (BLOCK_R * BLOCK_D)
-MAX_BLOCK_D = 1024
-FLAT_BLOCK = 1024  # elements per program of an element-wise kernel
+# Elements per program. Compiled: tiles that keep a GPU busy and fit in registers.
+# Interpreted: one numpy op per tile, so big tiles (few programs) are much faster.
+TILE = 1 << 16 if INTERPRETED else 4096  # BLOCK_R * BLOCK_D of a row-reducing kernel
+MAX_BLOCK_D = 4096 if INTERPRETED else 1024
+FLAT_BLOCK = 1 << 16 if INTERPRETED else 1024  # BLOCK of an element-wise kernel
 
 
 # --------------------------------------------------------------------------- device functions
@@ -133,11 +135,16 @@ def rows_of(t: torch.Tensor) -> tuple[int, int]:
     return (t.numel() // d if d else math.prod(t.shape[:-1])), d
 
 
-def row_blocks(d: int) -> tuple[int, int, int]:
-    """``(BLOCK_R, BLOCK_D, num_warps)`` of a row-reducing kernel over rows of length ``d``."""
+def row_blocks(r: int, d: int) -> tuple[int, int, int]:
+    """``(BLOCK_R, BLOCK_D, num_warps)`` of a row-reducing kernel over ``r`` rows of length ``d``."""
     block_d = min(triton.next_power_of_2(max(d, 1)), MAX_BLOCK_D)
-    block_r = max(1, TILE // block_d)
-    return block_r, block_d, (4 if block_d <= 256 else 8)
+    block_r = max(1, min(TILE // block_d, triton.next_power_of_2(max(r, 1))))
+    return block_r, block_d, (4 if block_r * block_d <= 1024 else 8)
+
+
+def flat_block(n: int) -> int:
+    """``BLOCK`` of an element-wise kernel over ``n`` elements."""
+    return min(FLAT_BLOCK, max(16, triton.next_power_of_2(max(n, 1))))
 
 
 def contiguous(*ts: torch.Tensor | None) -> list[torch.Tensor | None]:

@@ -29,10 +29,10 @@ from torch.autograd.function import once_differentiable
 from torch.library import register_vmap, triton_op, wrap_triton
 
 from ._common import (
-    FLAT_BLOCK,
     NAMESPACE,
     batch_args,
     contiguous,
+    flat_block,
     load_acc,
     noise_at,
     philox_randn,
@@ -64,7 +64,8 @@ def _noise(shape: list[int], seed: int, device: torch.device, dtype: torch.dtype
     out = torch.empty(shape, device=device, dtype=dtype)
     n = out.numel()
     if n:
-        wrap_triton(_noise_kernel)[(triton.cdiv(n, FLAT_BLOCK),)](out, n, seed, BLOCK=FLAT_BLOCK)
+        block = flat_block(n)
+        wrap_triton(_noise_kernel)[(triton.cdiv(n, block),)](out, n, seed, BLOCK=block)
     return out
 
 
@@ -140,7 +141,8 @@ def _rsample_fwd(
     z = torch.empty_like(mu)
     n = z.numel()
     if n:
-        wrap_triton(_rsample_fwd_kernel)[(triton.cdiv(n, FLAT_BLOCK),)](
+        block = flat_block(n)
+        wrap_triton(_rsample_fwd_kernel)[(triton.cdiv(n, block),)](
             mu,
             logvar,
             eps if eps is not None else z,
@@ -151,7 +153,7 @@ def _rsample_fwd(
             HAS_EPS=eps is not None,
             PERIODIC=period > 0,
             F64=mu.dtype == torch.float64,
-            BLOCK=FLAT_BLOCK,
+            BLOCK=block,
         )
     return z
 
@@ -171,7 +173,8 @@ def _rsample_bwd(
     geps = torch.empty_like(logvar) if need_eps else placeholder(logvar)
     n = gz.numel()
     if n and (need_logvar or need_eps):
-        wrap_triton(_rsample_bwd_kernel)[(triton.cdiv(n, FLAT_BLOCK),)](
+        block = flat_block(n)
+        wrap_triton(_rsample_bwd_kernel)[(triton.cdiv(n, block),)](
             gz,
             logvar,
             eps if eps is not None else gz,
@@ -185,7 +188,7 @@ def _rsample_bwd(
             NEED_LV=need_logvar,
             NEED_EPS=need_eps,
             F64=logvar.dtype == torch.float64,
-            BLOCK=FLAT_BLOCK,
+            BLOCK=block,
         )
     return glv, geps
 
@@ -291,7 +294,7 @@ def _kl_std_fwd(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
         return mu.new_zeros(mu.shape[:-1])
     kl = mu.new_empty(mu.shape[:-1])
     if r:
-        block_r, block_d, warps = row_blocks(d)
+        block_r, block_d, warps = row_blocks(r, d)
         wrap_triton(_kl_fwd_kernel)[(triton.cdiv(r, block_r),)](
             mu,
             logvar,
@@ -315,7 +318,7 @@ def _kl_std_bwd(
     glv = torch.empty_like(logvar) if need_logvar else placeholder(logvar)
     r, d = rows_of(mu)
     if r and d and (need_mu or need_logvar):
-        block_r, block_d, warps = row_blocks(d)
+        block_r, block_d, warps = row_blocks(r, d)
         wrap_triton(_kl_bwd_kernel)[(triton.cdiv(r, block_r),)](
             gkl,
             mu,
@@ -463,7 +466,7 @@ def _rsample_kl_fwd(
         return z, mu.new_zeros(mu.shape[:-1])
     kl = mu.new_empty(mu.shape[:-1])
     if r:
-        block_r, block_d, warps = row_blocks(d)
+        block_r, block_d, warps = row_blocks(r, d)
         wrap_triton(_rsample_kl_fwd_kernel)[(triton.cdiv(r, block_r),)](
             mu,
             logvar,
@@ -503,7 +506,7 @@ def _rsample_kl_bwd(
     geps = torch.empty_like(mu) if need_eps else placeholder(mu)
     r, d = rows_of(mu)
     if r and d and (need_mu or need_logvar or need_eps):
-        block_r, block_d, warps = row_blocks(d)
+        block_r, block_d, warps = row_blocks(r, d)
         wrap_triton(_rsample_kl_bwd_kernel)[(triton.cdiv(r, block_r),)](
             gz,
             gkl,

@@ -124,7 +124,7 @@ def _normal_lp_fwd(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> t
         return x.new_zeros(x.shape[:-1])
     lp = x.new_empty(x.shape[:-1])
     if r:
-        block_r, block_d, warps = row_blocks(d)
+        block_r, block_d, warps = row_blocks(r, d)
         wrap_triton(_normal_lp_fwd_kernel)[(triton.cdiv(r, block_r),)](
             x,
             mu,
@@ -156,7 +156,7 @@ def _normal_lp_bwd(
     glv = torch.empty_like(x) if need_logvar else placeholder(x)
     r, d = rows_of(x)
     if r and d and (need_x or need_mu or need_logvar):
-        block_r, block_d, warps = row_blocks(d)
+        block_r, block_d, warps = row_blocks(r, d)
         wrap_triton(_normal_lp_bwd_kernel)[(triton.cdiv(r, block_r),)](
             g,
             x,
@@ -291,7 +291,7 @@ def _bernoulli_lp_fwd(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[:-1])
     lp = x.new_empty(x.shape[:-1])
     if r:
-        block_r, block_d, warps = row_blocks(d)
+        block_r, block_d, warps = row_blocks(r, d)
         wrap_triton(_bernoulli_lp_fwd_kernel)[(triton.cdiv(r, block_r),)](
             x,
             logits,
@@ -315,7 +315,7 @@ def _bernoulli_lp_bwd(
     gl = torch.empty_like(x) if need_logits else placeholder(x)
     r, d = rows_of(x)
     if r and d and (need_x or need_logits):
-        block_r, block_d, warps = row_blocks(d)
+        block_r, block_d, warps = row_blocks(r, d)
         wrap_triton(_bernoulli_lp_bwd_kernel)[(triton.cdiv(r, block_r),)](
             g,
             x,
