@@ -50,6 +50,23 @@ def load_acc(ptr, offs, mask, F64: tl.constexpr):
 
 
 @triton.jit
+def store_out(ptr, offs, value, mask):
+    """Store ``value`` converted to the element type of ``ptr``, rounding to nearest even.
+
+    For bfloat16 the rounding is done by hand on the float32 bits (add ``0x7FFF`` plus
+    the lowest kept bit, clear the low half), after which the cast is exact: the
+    interpreter's float32 -> bfloat16 cast truncates, while compiled Triton rounds
+    to nearest even, and both must give the same answer.
+    """
+    if ptr.dtype.element_ty == tl.bfloat16:
+        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        tl.store(ptr + offs, bits.to(tl.float32, bitcast=True).to(tl.bfloat16), mask=mask)
+    else:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def zeros_acc(BLOCK: tl.constexpr, F64: tl.constexpr):
     """A ``[BLOCK]`` accumulator of zeros in the accumulation dtype."""
     if F64:

@@ -40,6 +40,7 @@ from ._common import (
     row_blocks,
     rows_of,
     sample_period,
+    store_out,
     zeros_acc,
 )
 
@@ -56,7 +57,7 @@ def _noise_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     eps = philox_randn(seed, offs)
-    tl.store(out_ptr + offs, eps.to(out_ptr.dtype.element_ty), mask=offs < N)
+    store_out(out_ptr, offs, eps, offs < N)
 
 
 @triton_op(f"{NAMESPACE}::noise", mutates_args=())
@@ -98,7 +99,7 @@ def _rsample_fwd_kernel(
     else:
         eps = noise_at(seed, offs, period, PERIODIC).to(mu.dtype)
     z = mu + tl.exp(0.5 * lv) * eps
-    tl.store(z_ptr + offs, z.to(z_ptr.dtype.element_ty), mask=mask)
+    store_out(z_ptr, offs, z, mask)
 
 
 @triton.jit(do_not_specialize=["seed", "period"])
@@ -128,9 +129,9 @@ def _rsample_bwd_kernel(
             eps = load_acc(eps_ptr, offs, mask, F64)
         else:
             eps = noise_at(seed, offs, period, PERIODIC).to(gz.dtype)
-        tl.store(glv_ptr + offs, (0.5 * gzs * eps).to(glv_ptr.dtype.element_ty), mask=mask)
+        store_out(glv_ptr, offs, 0.5 * gzs * eps, mask)
     if NEED_EPS:
-        tl.store(geps_ptr + offs, gzs.to(geps_ptr.dtype.element_ty), mask=mask)
+        store_out(geps_ptr, offs, gzs, mask)
 
 
 @triton_op(f"{NAMESPACE}::rsample_fwd", mutates_args=())
@@ -252,7 +253,7 @@ def _kl_fwd_kernel(
         lv = load_acc(lv_ptr, offs, mask, F64)
         term = tl.exp(lv) + mu * mu - 1.0 - lv
         acc += tl.sum(tl.where(mask, term, 0.0), axis=1)
-    tl.store(kl_ptr + rows, (0.5 * acc).to(kl_ptr.dtype.element_ty), mask=rmask)
+    store_out(kl_ptr, rows, 0.5 * acc, rmask)
 
 
 @triton.jit
@@ -280,10 +281,10 @@ def _kl_bwd_kernel(
         offs = base[:, None] + cols[None, :]
         if NEED_MU:
             mu = load_acc(mu_ptr, offs, mask, F64)
-            tl.store(gmu_ptr + offs, (g * mu).to(gmu_ptr.dtype.element_ty), mask=mask)
+            store_out(gmu_ptr, offs, g * mu, mask)
         if NEED_LV:
             lv = load_acc(lv_ptr, offs, mask, F64)
-            tl.store(glv_ptr + offs, (0.5 * g * (tl.exp(lv) - 1.0)).to(glv_ptr.dtype.element_ty), mask=mask)
+            store_out(glv_ptr, offs, 0.5 * g * (tl.exp(lv) - 1.0), mask)
 
 
 @triton_op(f"{NAMESPACE}::kl_std_fwd", mutates_args=())
@@ -400,10 +401,10 @@ def _rsample_kl_fwd_kernel(
         else:
             eps = noise_at(seed, offs, period, PERIODIC).to(mu.dtype)
         std = tl.exp(0.5 * lv)
-        tl.store(z_ptr + offs, (mu + std * eps).to(z_ptr.dtype.element_ty), mask=mask)
+        store_out(z_ptr, offs, mu + std * eps, mask)
         term = std * std + mu * mu - 1.0 - lv
         acc += tl.sum(tl.where(mask, term, 0.0), axis=1)
-    tl.store(kl_ptr + rows, (0.5 * acc).to(kl_ptr.dtype.element_ty), mask=rmask)
+    store_out(kl_ptr, rows, 0.5 * acc, rmask)
 
 
 @triton.jit(do_not_specialize=["seed", "period"])
@@ -440,7 +441,7 @@ def _rsample_kl_bwd_kernel(
         gz = load_acc(gz_ptr, offs, mask, F64)
         if NEED_MU:
             mu = load_acc(mu_ptr, offs, mask, F64)
-            tl.store(gmu_ptr + offs, (gz + gkl * mu).to(gmu_ptr.dtype.element_ty), mask=mask)
+            store_out(gmu_ptr, offs, gz + gkl * mu, mask)
         if NEED_LV or NEED_EPS:
             lv = load_acc(lv_ptr, offs, mask, F64)
             std = tl.exp(0.5 * lv)
@@ -450,9 +451,9 @@ def _rsample_kl_bwd_kernel(
                 else:
                     eps = noise_at(seed, offs, period, PERIODIC).to(gz.dtype)
                 glv = 0.5 * (gz * std * eps + gkl * (std * std - 1.0))
-                tl.store(glv_ptr + offs, glv.to(glv_ptr.dtype.element_ty), mask=mask)
+                store_out(glv_ptr, offs, glv, mask)
             if NEED_EPS:
-                tl.store(geps_ptr + offs, (gz * std).to(geps_ptr.dtype.element_ty), mask=mask)
+                store_out(geps_ptr, offs, gz * std, mask)
 
 
 @triton_op(f"{NAMESPACE}::rsample_kl_fwd", mutates_args=())

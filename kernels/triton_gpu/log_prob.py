@@ -38,6 +38,7 @@ from ._common import (
     placeholder,
     row_blocks,
     rows_of,
+    store_out,
     zeros_acc,
 )
 
@@ -75,7 +76,7 @@ def _normal_lp_fwd_kernel(
         lv = load_acc(lv_ptr, offs, mask, F64)
         term = lv + _LOG_2PI + diff * diff * tl.exp(-lv)
         acc += tl.sum(tl.where(mask, term, 0.0), axis=1)
-    tl.store(lp_ptr + rows, (-0.5 * acc).to(lp_ptr.dtype.element_ty), mask=rmask)
+    store_out(lp_ptr, rows, -0.5 * acc, rmask)
 
 
 @triton.jit
@@ -108,12 +109,12 @@ def _normal_lp_bwd_kernel(
         w = tl.exp(-load_acc(lv_ptr, offs, mask, F64))
         t = g * diff * w
         if NEED_X:
-            tl.store(gx_ptr + offs, (-t).to(gx_ptr.dtype.element_ty), mask=mask)
+            store_out(gx_ptr, offs, -t, mask)
         if NEED_MU:
-            tl.store(gmu_ptr + offs, t.to(gmu_ptr.dtype.element_ty), mask=mask)
+            store_out(gmu_ptr, offs, t, mask)
         if NEED_LV:
             glv = -0.5 * g * (1.0 - diff * diff * w)
-            tl.store(glv_ptr + offs, glv.to(glv_ptr.dtype.element_ty), mask=mask)
+            store_out(glv_ptr, offs, glv, mask)
 
 
 @triton_op(f"{NAMESPACE}::normal_log_prob_fwd", mutates_args=())
@@ -248,7 +249,7 @@ def _bernoulli_lp_fwd_kernel(
         logits = load_acc(l_ptr, offs, mask, F64)
         softplus, _ = _softplus_sigmoid(logits)
         acc += tl.sum(tl.where(mask, x * logits - softplus, 0.0), axis=1)
-    tl.store(lp_ptr + rows, acc.to(lp_ptr.dtype.element_ty), mask=rmask)
+    store_out(lp_ptr, rows, acc, rmask)
 
 
 @triton.jit
@@ -276,11 +277,11 @@ def _bernoulli_lp_bwd_kernel(
         offs = base[:, None] + cols[None, :]
         logits = load_acc(l_ptr, offs, mask, F64)
         if NEED_X:
-            tl.store(gx_ptr + offs, (g * logits).to(gx_ptr.dtype.element_ty), mask=mask)
+            store_out(gx_ptr, offs, g * logits, mask)
         if NEED_L:
             x = load_acc(x_ptr, offs, mask, F64)
             _, sigmoid = _softplus_sigmoid(logits)
-            tl.store(gl_ptr + offs, (g * (x - sigmoid)).to(gl_ptr.dtype.element_ty), mask=mask)
+            store_out(gl_ptr, offs, g * (x - sigmoid), mask)
 
 
 @triton_op(f"{NAMESPACE}::bernoulli_log_prob_fwd", mutates_args=())
