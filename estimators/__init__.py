@@ -16,19 +16,23 @@ run on. See :mod:`estimators.base` for the protocols.
 """
 
 from . import control_variates
-from .base import Estimator, attach, derive_seed, log_likelihood, log_prior
+from .base import Estimator, attach, log_likelihood, log_prior
 from .registry import available, get, register
 
 # registration order is the order of available()
 from . import reparam, stl, score_function, measure_valued, iwae, dreg, vimco  # noqa: E402, I001  isort: skip
-from .per_sample import per_sample_grads, per_sample_grads_expectation, per_sample_grads_loop  # noqa: E402
+from .per_sample import (  # noqa: E402
+    per_sample_grads,
+    per_sample_grads_expectation,
+    per_sample_grads_loop,
+    replicate_noise,
+)
 
 __all__ = [
     "Estimator",
     "attach",
     "available",
     "control_variates",
-    "derive_seed",
     "dreg",
     "get",
     "iwae",
@@ -39,6 +43,7 @@ __all__ = [
     "per_sample_grads_expectation",
     "per_sample_grads_loop",
     "register",
+    "replicate_noise",
     "reparam",
     "score_function",
     "stl",

@@ -56,31 +56,15 @@ from typing import ClassVar
 import torch
 
 import kernels
-from kernels.philox import check_seed
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 KL_MODES = ("analytic", "mc")
-_MASK64 = (1 << 64) - 1
 
 
 # --------------------------------------------------------------------------- helpers
 def attach(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     """``value + (surrogate - surrogate.detach())``: the value of ``value``, the gradient of ``surrogate``."""
     return value.detach() + (surrogate - surrogate.detach())
-
-
-def derive_seed(seed: int, index: int) -> int:
-    """A seed for replicate ``index`` of a run seeded by ``seed`` (SplitMix64 finaliser, 63 bits).
-
-    Distinct ``(seed, index)`` pairs give statistically independent Philox keys;
-    :func:`estimators.per_sample_grads` draws replicate ``r``'s noise with
-    ``derive_seed(seed, r)``.
-    """
-    z = (check_seed(seed) * 0x9E3779B97F4A7C15 + (int(index) + 1) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    z ^= z >> 31
-    return z & ((1 << 63) - 1)
 
 
 def log_prior(z: torch.Tensor) -> torch.Tensor:

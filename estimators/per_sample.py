@@ -1,8 +1,13 @@
 """Per-sample gradients: R independent estimates ``[R, *param.shape]``, batched.
 
-The variance benchmark needs many independent gradient estimates. Replicate r
-draws its noise from the shared stream with seed ``derive_seed(seed, r)``, so row
-r equals the gradient of ``est.vae_loss(model, x, seed=derive_seed(seed, r))``
+The variance benchmark needs many independent gradient estimates. The noise of
+all R replicates is one draw of :func:`replicate_noise` ``[R, *noise_shape]`` from
+the shared stream for ``seed``: replicate r gets block r, i.e. the Philox
+counters ``r N ... (r + 1) N - 1`` (N elements per estimate). Disjoint counters
+give independent noise (never one shared draw, which would read as zero
+variance), and one kernel call draws it all (per-replicate seeds would cost one
+call of ~0.1 ms per replicate, more than a whole batched estimate of a small
+problem). Row r equals the gradient of ``est.vae_loss(model, x, eps=noise[r])``
 (:func:`per_sample_grads_loop` computes exactly that, one backward pass per
 replicate, as the reference). The batched version runs the R replicates as one
 batch, chunked over R to bound memory:
@@ -32,7 +37,7 @@ from torch.func import functional_call, vjp, vmap
 import kernels
 from kernels.philox import check_seed
 
-from .base import Estimator, check_gaussian, check_model, check_x, checked_f, derive_seed
+from .base import Estimator, check_gaussian, check_model, check_x, checked_f
 
 MEMORY_BUDGET = 1 << 26  # elements per chunk (256 MiB of float32) for the automatic chunk size
 
@@ -80,12 +85,22 @@ def _check_chunk(chunk_size: object, R: int, per_rep: int) -> int:
     return min(chunk_size, R)
 
 
-def _stacked_noise(est: Estimator, num_samples: int, mu: torch.Tensor, seed: int, r0: int, r1: int):
-    shape = est.noise_shape(num_samples, tuple(mu.shape))
-    eps = [
-        kernels.normal_noise(shape, seed=derive_seed(seed, r), device=mu.device, dtype=mu.dtype) for r in range(r0, r1)
-    ]
-    return torch.stack(eps, 1)  # [S', R, *mu.shape(, channels)]
+def replicate_noise(
+    est: Estimator,
+    num_samples: int,
+    mu_shape: tuple[int, ...],
+    R: int,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """The noise of R replicates: ``[R, *est.noise_shape(num_samples, mu_shape)]`` from the stream for ``seed``.
+
+    Row r is replicate r's ``eps`` (Philox counters ``r N ... (r + 1) N - 1``).
+    """
+    shape = est.noise_shape(num_samples, tuple(mu_shape))
+    return kernels.normal_noise((R, *shape), seed=seed, device=device, dtype=dtype)
 
 
 def _param_groups(model: nn.Module) -> tuple[list[str], list[str]]:
@@ -125,14 +140,14 @@ def per_sample_grads(
         x: ``[B, Dx]`` observations (one fixed batch).
         R: number of replicates.
         num_samples: samples per estimate (S, or K for the multi-sample bounds).
-        seed: replicate r uses noise seed ``derive_seed(seed, r)``.
+        seed: noise seed; replicate r uses row r of :func:`replicate_noise`.
         kl: as :meth:`Estimator.vae_loss`.
         chunk_size: replicates per batch (None: as many as fit a 256 MiB working set).
 
     Returns:
         ``{name: [R, *param.shape]}`` for every trainable parameter of ``model``: row r is
-        the gradient of ``est.vae_loss(model, x, num_samples=S, kl=kl,
-        seed=derive_seed(seed, r))[0]`` (the loss to minimise).
+        the gradient of ``est.vae_loss(model, x, num_samples=S, kl=kl, eps=noise[r])[0]`` (the
+        loss to minimise) with ``noise = replicate_noise(est, S, (B, Dz), R, seed=seed)``.
     """
     est = _check_est(est)
     check_model(model)
@@ -157,10 +172,11 @@ def per_sample_grads(
         chunk = _check_chunk(chunk_size, R, per_rep)
         out = {n: torch.zeros(R, *p.shape, dtype=p.dtype, device=p.device) for n, p in params.items()}
         rec_params = {k: v.detach() for k, v in dec_params.items()}
+        noise = replicate_noise(est, num_samples, tuple(mu.shape), R, seed=seed, dtype=mu.dtype, device=mu.device)
         for r0 in range(0, R, chunk):
             r1 = min(R, r0 + chunk)
             rc = r1 - r0
-            eps = _stacked_noise(est, num_samples, mu, seed, r0, r1)
+            eps = noise[r0:r1].movedim(0, 1)  # [S', rc, *mu.shape(, channels)]
             mu_r = mu.unsqueeze(0).expand(rc, *mu.shape).clone().requires_grad_(True)
             lv_r = logvar.unsqueeze(0).expand(rc, *logvar.shape).clone().requires_grad_(True)
             rec = _Recorder(dec_mod, rec_params, model.likelihood)
@@ -216,9 +232,12 @@ def per_sample_grads_loop(
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = [p for p in model.parameters() if p.requires_grad]
     rows: list[list[torch.Tensor]] = [[] for _ in names]
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+    noise = replicate_noise(est, num_samples, tuple(mu.shape), R, seed=seed, dtype=mu.dtype, device=mu.device)
     with torch.enable_grad(), est.frozen():
         for r in range(R):
-            loss, _ = est.vae_loss(model, x, num_samples=num_samples, kl=kl, seed=derive_seed(seed, r))
+            loss, _ = est.vae_loss(model, x, num_samples=num_samples, kl=kl, eps=noise[r])
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for row, g, p in zip(rows, grads, params, strict=True):
                 row.append(torch.zeros_like(p) if g is None else g)
@@ -244,7 +263,8 @@ def per_sample_grads_expectation(
 
     Returns:
         ``{"mu": [R, *mu.shape], "logvar": [R, *mu.shape]}``; row r equals the gradient
-        of ``est.surrogate(f, mu, logvar, num_samples, seed=derive_seed(seed, r)).sum()``.
+        of ``est.surrogate(f, mu, logvar, num_samples, eps=noise[r]).sum()`` with
+        ``noise = replicate_noise(est, num_samples, mu.shape, R, seed=seed)``.
     """
     est = _check_est(est)
     if est.vae_only:
@@ -257,11 +277,12 @@ def per_sample_grads_expectation(
     per_rep = 4 * est.evaluations(num_samples, mu.shape[-1]) * mu.numel()
     chunk = _check_chunk(chunk_size, R, per_rep)
     out = {"mu": torch.empty(R, *mu.shape, dtype=mu.dtype), "logvar": torch.empty(R, *mu.shape, dtype=mu.dtype)}
+    noise = replicate_noise(est, num_samples, tuple(mu.shape), R, seed=seed, dtype=mu.dtype, device=mu.device)
     with torch.enable_grad(), est.frozen():
         for r0 in range(0, R, chunk):
             r1 = min(R, r0 + chunk)
             rc = r1 - r0
-            eps = _stacked_noise(est, num_samples, mu, seed, r0, r1)
+            eps = noise[r0:r1].movedim(0, 1)
             mu_r = mu.unsqueeze(0).expand(rc, *mu.shape).clone().requires_grad_(True)
             lv_r = logvar.unsqueeze(0).expand(rc, *mu.shape).clone().requires_grad_(True)
             surr = est._expectation(checked_f(f, mu_r.shape), mu_r, lv_r, eps, None)
