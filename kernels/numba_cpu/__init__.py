@@ -1,0 +1,71 @@
+"""The ``numba`` backend: fused CPU kernels (``njit(parallel=True)``, ``prange``).
+
+One module per op family, each holding its kernels, launchers and
+``torch.autograd.Function`` classes:
+
+* :mod:`.gaussian` -- ``normal_rsample``, ``normal_kl_std``, ``normal_rsample_kl``
+  (one forward kernel, one backward kernel for all three);
+* :mod:`.logprob` -- ``normal_log_prob``, ``bernoulli_log_prob``;
+* :mod:`._math` -- vectorizable exp/log/log1p/softplus/sigmoid (pip's llvmlite
+  has no SVML, so ``np.exp`` in a loop would not vectorize);
+* noise comes from :mod:`kernels.philox` (the same stream as every backend).
+
+Inputs arrive validated and broadcast by :mod:`kernels`. Zero-copy between
+torch and numpy; non-contiguous inputs are made contiguous; small inputs run a
+serial kernel; when no input requires grad (and no ``torch.func`` transform is
+active) the op calls its kernel directly, without autograd bookkeeping.
+Compiled kernels are cached on disk (see :mod:`._cache`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _cache
+
+CACHE_DIR = _cache.configure()  # before any @njit(cache=True) below is decorated
+
+import numba  # noqa: E402
+
+from ._common import noise  # noqa: E402
+from .gaussian import normal_kl_std, normal_rsample, normal_rsample_kl  # noqa: E402
+from .logprob import bernoulli_log_prob, normal_log_prob  # noqa: E402
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "availability",
+    "bernoulli_log_prob",
+    "describe",
+    "normal_kl_std",
+    "normal_log_prob",
+    "normal_noise",
+    "normal_rsample",
+    "normal_rsample_kl",
+]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+
+
+def availability(device: str) -> str | None:
+    """None on CPU; the numba backend has no GPU path."""
+    if device != "cpu":
+        return f"the numba backend runs on CPU tensors only, not {device!r}"
+    return None
+
+
+def describe(device: str = "cpu") -> str:
+    """One line for ``elbobench backends``: version, threads, cache location."""
+    return f"numba {numba.__version__}, {numba.get_num_threads()} threads, layer {numba.config.THREADING_LAYER}, cache at {CACHE_DIR}"
+
+
+def normal_noise(shape, seed, device, dtype):
+    """The shared Philox4x32-10 + Box-Muller stream, filled by a numba kernel.
+
+    The buffer is a numpy array filled first and wrapped after
+    (``torch.from_numpy``): under a ``torch.func`` transform ``torch.empty``
+    returns a wrapped tensor without storage, which numba could not write
+    (``kernels.philox.normal_noise_numba`` fails there).
+    """
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"normal_noise: the numba backend fills CPU tensors only, got device {device}")
+    return noise(shape, seed, dtype)

@@ -1,0 +1,121 @@
+"""Glue shared by the numba ops: zero-copy views, serial/parallel choice, vmap folding.
+
+The public API (:mod:`kernels`) hands every op tensors of one broadcast shape
+``[..., D]``; here they become flat 1-D numpy views of contiguous, detached
+tensors (``Tensor.numpy()`` shares memory, nothing is copied unless the input
+is a non-contiguous or broadcast view, which is made contiguous first). Kernels
+see ``R`` rows of ``D`` elements, row ``r`` at ``[r * D, (r + 1) * D)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from torch._C._functorch import is_functorch_wrapped_tensor, peek_interpreter_stack
+
+from ..philox import _fill_normal_parallel, _fill_normal_serial, split_seed
+from ._flags import PARALLEL_MIN_ELEMENTS
+
+_ZERO_KEY = (np.uint64(0), np.uint64(0))
+
+
+def flat(t: torch.Tensor | None) -> np.ndarray | None:
+    """Zero-copy 1-D numpy view of ``t`` (made contiguous and detached first); None stays None."""
+    if t is None:
+        return None
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.view(-1).numpy()
+
+
+def rows(shape: torch.Size) -> tuple[int, int]:
+    """``(R, D)``: number of rows and row length of a ``[..., D]`` shape."""
+    return math.prod(shape[:-1]), shape[-1]
+
+
+def use_parallel(numel: int) -> bool:
+    """Parallel kernels only pay off above :data:`PARALLEL_MIN_ELEMENTS` and with >1 thread."""
+    return numel >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1
+
+
+def keys(seed: int | None) -> tuple[np.uint64, np.uint64]:
+    """Philox key words of ``seed`` (zeros when the kernel does not draw noise)."""
+    return _ZERO_KEY if seed is None else split_seed(seed)
+
+
+def noise(shape, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """The shared Philox stream (``kernels.philox``) for ``seed`` as a new CPU tensor.
+
+    Filled as a numpy array and wrapped after (``torch.from_numpy``), so it also
+    works under ``torch.func`` transforms, where ``torch.empty`` returns a tensor
+    without storage that numba could not write.
+    """
+    shape = tuple(shape)
+    buf = np.empty(math.prod(shape), dtype=np.float32 if dtype == torch.float32 else np.float64)
+    if buf.size:
+        k0, k1 = split_seed(seed)
+        fill = _fill_normal_parallel if use_parallel(buf.size) else _fill_normal_serial
+        fill(buf, k0, k1)
+    return torch.from_numpy(buf).reshape(shape)
+
+
+def needs_autograd(*tensors: torch.Tensor | None) -> bool:
+    """True when the call must go through an ``autograd.Function``.
+
+    That is when grad mode is on and an input requires grad, or when a
+    ``torch.func`` transform (``vmap``/``grad``) is active or wraps an input: its
+    rules live on the Function, and under a transform even ``torch.empty`` returns
+    a wrapped tensor without storage that numba cannot write.
+    """
+    ts = [t for t in tensors if t is not None]
+    if peek_interpreter_stack() is not None or any(is_functorch_wrapped_tensor(t) for t in ts):
+        return True
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def fold_vmap(fn, info, in_dims, args, noise_args=None):
+    """The ``vmap`` rule of a row-wise op: fold the vmapped dim into the leading dims.
+
+    The ops act on rows of the last dim, so a batch of ``B`` calls on ``[..., D]``
+    is one call on ``[B, ..., D]``: move each batched input's vmapped dim to the
+    front, expand unbatched inputs, call ``fn`` once, and return outputs batched
+    at dim 0.
+
+    Args:
+        fn: the ``autograd.Function`` to call on the folded inputs.
+        info: functorch's vmap info (``info.batch_size``).
+        in_dims: the vmapped dim of each argument (None when unbatched).
+        args: the arguments of ``fn.apply``.
+        noise_args: optional ``(eps_pos, seed_pos, like_pos)``: when ``args[eps_pos]``
+            is None the kernel would draw Philox noise by its index in the folded
+            tensor; to keep one sample's stream (indexed within one call) it is
+            materialised here with the shape of one call and broadcast.
+
+    Returns:
+        ``(outputs, out_dims)`` as functorch expects.
+    """
+    batch = info.batch_size
+    args = list(args)
+    if noise_args is not None:
+        eps_pos, seed_pos, like_pos = noise_args
+        if args[eps_pos] is None and args[seed_pos] is not None:
+            like, dim = args[like_pos], in_dims[like_pos]
+            shape = list(like.shape)
+            if dim is not None:
+                del shape[dim]
+            args[eps_pos] = noise(shape, args[seed_pos], like.dtype)
+            in_dims = list(in_dims)
+            in_dims[eps_pos] = None
+    folded = []
+    for a, d in zip(args, in_dims, strict=True):
+        if isinstance(a, torch.Tensor):
+            a = a.movedim(d, 0) if d is not None else a.unsqueeze(0).expand(batch, *a.shape)
+        folded.append(a)
+    out = fn.apply(*folded)
+    if isinstance(out, tuple):
+        return out, tuple(0 if isinstance(o, torch.Tensor) else None for o in out)
+    return out, 0

@@ -1,0 +1,16 @@
+"""Compile flags and thresholds shared by the numba kernels.
+
+``FASTMATH`` enables only re-association, which is what LLVM needs to vectorize
+the row sums (a float reduction is otherwise strictly sequential); it keeps NaN
+and inf semantics (no ``nnan``/``ninf``) and does not contract to FMA.
+"""
+
+FASTMATH = {"reassoc"}
+
+# Below this many elements a kernel runs serially: waking numba's worker threads
+# costs more than the work (a bare Function.apply + numba dispatch is ~15 us).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+# Row sums of float32 are accumulated in blocks of this many elements in float32
+# (vectorized lanes) and the block sums in float64.
+BLOCK = 64

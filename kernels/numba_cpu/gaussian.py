@@ -1,0 +1,320 @@
+"""Fused numba kernels for the diagonal Gaussian: rsample, KL to N(0, I), and both at once.
+
+Math (``s = exp(logvar / 2)``, rows of length D; Kingma & Welling 2014, sec. 2.4
+and appendix B):
+
+* ``z = mu + s * eps``;
+* ``kl = 0.5 * sum_j (s_j^2 + mu_j^2 - 1 - logvar_j)``;
+* backward, from upstream ``dz [..., D]`` and ``dkl [...]`` in one pass:
+  ``dmu = dz + dkl * mu``,
+  ``dlogvar = 0.5 * dz * s * eps + 0.5 * dkl * (s^2 - 1)``,
+  ``deps = dz * s``.
+
+One forward kernel serves the three ops (``z`` or ``kl`` is None to skip it) and
+one backward kernel their gradients; numba specialises each on which arguments
+are None and prunes the dead branches. When ``eps`` is None the kernels draw
+``randn_at(k0, k1, i)`` at the row-major index ``i`` of z inline (the shared
+Philox stream of :mod:`kernels.philox`), and the backward draws it again instead
+of storing it. Row sums of float32 accumulate in float32 blocks of
+:data:`~._flags.BLOCK` lanes and float64 across blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from ..philox import randn_at
+from ._common import flat, fold_vmap, keys, needs_autograd, rows, use_parallel
+from ._flags import BLOCK, FASTMATH
+from ._math import cst, fexp
+
+# --------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True)
+def _noise(k0, k1, i):
+    # randn_at behind a call boundary, compiled without fastmath, so the kernels'
+    # ``reassoc`` flag cannot rewrite the Box-Muller arithmetic. Its float32 log/cos
+    # may still differ from other builds of the stream by an ulp or so (~1e-6).
+    return randn_at(k0, k1, i)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl):
+    # mu, lv: [R*D] mean, log variance; eps: [R*D] noise or None (Philox at index);
+    # z: [R*D] output or None; kl: [R] output or None.
+    half = cst(mu, 0.5)
+    one = cst(mu, 1.0)
+    base = r * D
+    acc = 0.0
+    for j0 in range(0, D, BLOCK):
+        part = cst(mu, 0.0)
+        for j in range(base + j0, base + min(j0 + BLOCK, D)):
+            m = mu[j]
+            v = lv[j]
+            s = fexp(v * half)
+            if z is not None:
+                if eps is None:
+                    e = cst(mu, _noise(k0, k1, np.uint64(j)))
+                else:
+                    e = eps[j]
+                z[j] = m + s * e
+            if kl is not None:
+                part += s * s + m * m - one - v
+        acc += np.float64(part)
+    if kl is not None:
+        kl[r] = cst(kl, 0.5 * acc)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fwd_serial(R, D, mu, lv, eps, k0, k1, z, kl):
+    for r in range(R):
+        _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl)
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def _fwd_parallel(R, D, mu, lv, eps, k0, k1, z, kl):
+    for r in prange(R):
+        _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
+    # dz: [R*D] or None; dkl: [R] or None; mu, lv: [R*D]; eps: [R*D] or None (Philox);
+    # dmu, dlv, deps: [R*D] outputs, each None when not wanted.
+    half = cst(mu, 0.5)
+    one = cst(mu, 1.0)
+    g = cst(mu, 0.0)
+    if dkl is not None:
+        g = dkl[r]
+    base = r * D
+    for j in range(base, base + D):
+        s = fexp(lv[j] * half)
+        gm = cst(mu, 0.0)
+        gl = cst(mu, 0.0)
+        if dz is not None:
+            gz = dz[j]
+            if dlv is not None:
+                if eps is None:
+                    e = cst(mu, _noise(k0, k1, np.uint64(j)))
+                else:
+                    e = eps[j]
+                gl = half * gz * s * e
+            if deps is not None:
+                deps[j] = gz * s
+            gm = gz
+        if dkl is not None:
+            gm = gm + g * mu[j]
+            gl = gl + half * g * (s * s - one)
+        if dmu is not None:
+            dmu[j] = gm
+        if dlv is not None:
+            dlv[j] = gl
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bwd_serial(R, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
+    for r in range(R):
+        _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps)
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def _bwd_parallel(R, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
+    for r in prange(R):
+        _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None):
+    """Run the fused forward kernel.
+
+    Args:
+        mu: ``[..., D]`` mean.
+        logvar: ``[..., D]`` log variance (same shape).
+        eps: ``[..., D]`` noise, or None to draw the Philox stream of ``seed``.
+        seed: int when ``eps`` is None.
+        want_z: compute ``z``.
+        want_kl: compute ``kl``.
+        z_out: optional preallocated contiguous ``[..., D]`` output (benchmarks).
+        kl_out: optional preallocated contiguous ``[...]`` output.
+
+    Returns:
+        ``(z or None, kl or None)``.
+    """
+    shape = mu.shape
+    R, D = rows(shape)
+    z = kl = None
+    if want_z:
+        z = z_out if z_out is not None else torch.empty(shape, dtype=mu.dtype)
+    if want_kl:
+        kl = kl_out if kl_out is not None else torch.empty(shape[:-1], dtype=mu.dtype)
+    n = mu.numel()
+    if n == 0:
+        if kl is not None:
+            kl.zero_()  # a sum over an empty last dim is 0
+        return z, kl
+    k0, k1 = keys(seed if eps is None else None)
+    kernel = _fwd_parallel if use_parallel(n) else _fwd_serial
+    kernel(R, D, flat(mu), flat(logvar), flat(eps), k0, k1, flat(z), flat(kl))
+    return z, kl
+
+
+def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=None):
+    """Run the fused backward kernel; returns ``(dmu, dlogvar, deps)`` (None where not needed).
+
+    Args:
+        dz: ``[..., D]`` upstream gradient of z, or None (KL only).
+        dkl: ``[...]`` upstream gradient of kl, or None (rsample only).
+        mu, logvar: ``[..., D]`` forward inputs.
+        eps: ``[..., D]`` forward noise, or None to redraw the Philox stream of ``seed``.
+        need_mu, need_lv, need_eps: which gradients to produce.
+        out: optional preallocated ``(dmu, dlv, deps)`` (benchmarks).
+    """
+    shape = mu.shape
+    R, D = rows(shape)
+    need_eps = need_eps and dz is not None
+
+    def alloc(flag, i):
+        if not flag:
+            return None
+        if out is not None and out[i] is not None:
+            return out[i]
+        return torch.empty(shape, dtype=mu.dtype)
+
+    dmu, dlv, deps = alloc(need_mu, 0), alloc(need_lv, 1), alloc(need_eps, 2)
+    n = mu.numel()
+    if n == 0 or (dmu is None and dlv is None and deps is None):
+        return dmu, dlv, deps
+    k0, k1 = keys(seed if eps is None else None)
+    kernel = _bwd_parallel if use_parallel(n) else _bwd_serial
+    kernel(R, D, flat(dz), flat(dkl), flat(mu), flat(logvar), flat(eps), k0, k1, flat(dmu), flat(dlv), flat(deps))
+    return dmu, dlv, deps
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+class GaussianBackward(torch.autograd.Function):
+    """The fused backward as a Function of its own, so it runs under ``torch.func`` transforms."""
+
+    @staticmethod
+    def forward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps):
+        return backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            "second derivatives of the numba Gaussian kernels are not implemented; use backend='torch'"
+        )
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return fold_vmap(GaussianBackward, info, in_dims, args, noise_args=(4, 5, 2))
+
+
+def _grads(ctx, dz, dkl):
+    mu, logvar, eps = ctx.saved_tensors
+    need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
+    if dkl is None and need_mu:
+        # rsample only: dmu = dz exactly, no pass over memory needed.
+        _, dlv, deps = GaussianBackward.apply(dz, None, mu, logvar, eps, ctx.seed, False, need_lv, need_eps)
+        return dz, dlv, deps, None
+    dmu, dlv, deps = GaussianBackward.apply(dz, dkl, mu, logvar, eps, ctx.seed, need_mu, need_lv, need_eps)
+    return dmu, dlv, deps, None
+
+
+class RsampleKL(torch.autograd.Function):
+    """``(z, kl)`` in one pass; the backward is one pass too (:class:`GaussianBackward`)."""
+
+    @staticmethod
+    def forward(mu, logvar, eps, seed):
+        return forward(mu, logvar, eps, seed, True, True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mu, logvar, eps, seed = inputs
+        ctx.save_for_backward(mu, logvar, eps)
+        ctx.seed = seed
+
+    @staticmethod
+    def backward(ctx, dz, dkl):
+        return _grads(ctx, dz, dkl)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return fold_vmap(RsampleKL, info, in_dims, args, noise_args=(2, 3, 0))
+
+
+class Rsample(torch.autograd.Function):
+    """``z = mu + exp(logvar / 2) * eps``."""
+
+    @staticmethod
+    def forward(mu, logvar, eps, seed):
+        return forward(mu, logvar, eps, seed, True, False)[0]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mu, logvar, eps, seed = inputs
+        ctx.save_for_backward(mu, logvar, eps)
+        ctx.seed = seed
+
+    @staticmethod
+    def backward(ctx, dz):
+        return _grads(ctx, dz, None)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return fold_vmap(Rsample, info, in_dims, args, noise_args=(2, 3, 0))
+
+
+class KLStd(torch.autograd.Function):
+    """``KL(N(mu, diag exp(logvar)) || N(0, I))`` per row."""
+
+    @staticmethod
+    def forward(mu, logvar):
+        return forward(mu, logvar, None, None, False, True)[1]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, None)
+        ctx.seed = None
+
+    @staticmethod
+    def backward(ctx, dkl):
+        mu, logvar, _ = ctx.saved_tensors
+        need_mu, need_lv = ctx.needs_input_grad[:2]
+        dmu, dlv, _ = GaussianBackward.apply(None, dkl, mu, logvar, None, None, need_mu, need_lv, False)
+        return dmu, dlv
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return fold_vmap(KLStd, info, in_dims, args)
+
+
+# --------------------------------------------------------------------------- backend entry points
+
+
+def normal_rsample(mu, logvar, eps, seed):
+    if needs_autograd(mu, logvar, eps):
+        return Rsample.apply(mu, logvar, eps, seed)
+    return forward(mu, logvar, eps, seed, True, False)[0]
+
+
+def normal_kl_std(mu, logvar):
+    if needs_autograd(mu, logvar):
+        return KLStd.apply(mu, logvar)
+    return forward(mu, logvar, None, None, False, True)[1]
+
+
+def normal_rsample_kl(mu, logvar, eps, seed):
+    if needs_autograd(mu, logvar, eps):
+        return RsampleKL.apply(mu, logvar, eps, seed)
+    return forward(mu, logvar, eps, seed, True, True)

@@ -1,0 +1,321 @@
+"""Fused numba kernels for the two log-likelihoods, summed over the last dim.
+
+Math (rows of length D, upstream gradient ``g [...]``):
+
+* diagonal Gaussian, ``w = exp(-logvar)``, ``d = x - mu``:
+  ``lp = -0.5 * sum_j (log(2 pi) + logvar_j + d_j^2 w_j)``;
+  ``dx = -g d w``, ``dmu = g d w``, ``dlogvar = -0.5 g (1 - d^2 w)``
+  (equals ``torch.distributions.Normal(mu, exp(logvar / 2)).log_prob(x).sum(-1)``);
+* Bernoulli with logits ``l``: ``lp = sum_j (x_j l_j - softplus(l_j))``;
+  ``dx = g l``, ``dl = g (x - sigmoid(l))``; softplus and sigmoid go through
+  ``exp(-|l|)`` so any ``|l|`` is finite (equals
+  ``torch.distributions.Bernoulli(logits=l).log_prob(x).sum(-1)``, x real in [0, 1]).
+
+Each op is one forward kernel (a row reduction) and one backward kernel giving
+the gradients of every floating input (x too: STL and DReG differentiate log q
+in its sample) in one pass; a gradient that is not needed is not written.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from ._common import flat, fold_vmap, needs_autograd, rows, use_parallel
+from ._flags import BLOCK, FASTMATH
+from ._math import cst, fexp, fsigmoid, fsoftplus
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+# --------------------------------------------------------------------------- Gaussian
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _normal_fwd_row(r, D, x, mu, lv, out):
+    # x, mu, lv: [R*D]; out: [R] log density per row
+    c = cst(x, LOG_2PI)
+    base = r * D
+    acc = 0.0
+    for j0 in range(0, D, BLOCK):
+        part = cst(x, 0.0)
+        for j in range(base + j0, base + min(j0 + BLOCK, D)):
+            v = lv[j]
+            d = x[j] - mu[j]
+            part += c + v + d * d * fexp(-v)
+        acc += np.float64(part)
+    out[r] = cst(out, -0.5 * acc)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _normal_fwd_serial(R, D, x, mu, lv, out):
+    for r in range(R):
+        _normal_fwd_row(r, D, x, mu, lv, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def _normal_fwd_parallel(R, D, x, mu, lv, out):
+    for r in prange(R):
+        _normal_fwd_row(r, D, x, mu, lv, out)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv):
+    # g: [R] upstream; x, mu, lv: [R*D]; dx, dmu, dlv: [R*D] outputs or None
+    gr = g[r]
+    half = cst(x, 0.5)
+    one = cst(x, 1.0)
+    base = r * D
+    for j in range(base, base + D):
+        d = x[j] - mu[j]
+        q = d * fexp(-lv[j])
+        gq = gr * q
+        if dx is not None:
+            dx[j] = -gq
+        if dmu is not None:
+            dmu[j] = gq
+        if dlv is not None:
+            dlv[j] = -half * gr * (one - d * q)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _normal_bwd_serial(R, D, g, x, mu, lv, dx, dmu, dlv):
+    for r in range(R):
+        _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv)
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def _normal_bwd_parallel(R, D, g, x, mu, lv, dx, dmu, dlv):
+    for r in prange(R):
+        _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv)
+
+
+# --------------------------------------------------------------------------- Bernoulli
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bern_fwd_row(r, D, x, logits, out):
+    # x, logits: [R*D]; out: [R]
+    base = r * D
+    acc = 0.0
+    for j0 in range(0, D, BLOCK):
+        part = cst(x, 0.0)
+        for j in range(base + j0, base + min(j0 + BLOCK, D)):
+            lj = logits[j]
+            part += x[j] * lj - fsoftplus(lj)
+        acc += np.float64(part)
+    out[r] = cst(out, acc)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bern_fwd_serial(R, D, x, logits, out):
+    for r in range(R):
+        _bern_fwd_row(r, D, x, logits, out)
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def _bern_fwd_parallel(R, D, x, logits, out):
+    for r in prange(R):
+        _bern_fwd_row(r, D, x, logits, out)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bern_bwd_row(r, D, g, x, logits, dx, dl):
+    # g: [R]; x, logits: [R*D]; dx, dl: [R*D] outputs or None
+    gr = g[r]
+    base = r * D
+    for j in range(base, base + D):
+        lj = logits[j]
+        if dx is not None:
+            dx[j] = gr * lj
+        if dl is not None:
+            dl[j] = gr * (x[j] - fsigmoid(lj))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _bern_bwd_serial(R, D, g, x, logits, dx, dl):
+    for r in range(R):
+        _bern_bwd_row(r, D, g, x, logits, dx, dl)
+
+
+@njit(cache=True, parallel=True, fastmath=FASTMATH)
+def _bern_bwd_parallel(R, D, g, x, logits, dx, dl):
+    for r in prange(R):
+        _bern_bwd_row(r, D, g, x, logits, dx, dl)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+def _row_out(shape, dtype, out):
+    return out if out is not None else torch.empty(shape[:-1], dtype=dtype)
+
+
+def normal_forward(x, mu, logvar, *, out=None):
+    """Gaussian log density per row of ``[..., D]`` inputs -> ``[...]``."""
+    shape = x.shape
+    R, D = rows(shape)
+    res = _row_out(shape, x.dtype, out)
+    n = x.numel()
+    if n == 0:
+        res.zero_()  # a sum over an empty last dim is 0 (and no rows: nothing to fill)
+        return res
+    kernel = _normal_fwd_parallel if use_parallel(n) else _normal_fwd_serial
+    kernel(R, D, flat(x), flat(mu), flat(logvar), flat(res))
+    return res
+
+
+def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None):
+    """``(dx, dmu, dlogvar)`` of the Gaussian log density (None where not needed)."""
+    shape = x.shape
+    R, D = rows(shape)
+    grads = []
+    for i, flag in enumerate((need_x, need_mu, need_lv)):
+        if not flag:
+            grads.append(None)
+        elif out is not None and out[i] is not None:
+            grads.append(out[i])
+        else:
+            grads.append(torch.empty(shape, dtype=x.dtype))
+    n = x.numel()
+    if n == 0 or all(t is None for t in grads):
+        return tuple(grads)
+    kernel = _normal_bwd_parallel if use_parallel(n) else _normal_bwd_serial
+    kernel(R, D, flat(g), flat(x), flat(mu), flat(logvar), *(flat(t) for t in grads))
+    return tuple(grads)
+
+
+def bernoulli_forward(x, logits, *, out=None):
+    """Bernoulli log-likelihood per row of ``[..., D]`` inputs -> ``[...]``."""
+    shape = x.shape
+    R, D = rows(shape)
+    res = _row_out(shape, x.dtype, out)
+    n = x.numel()
+    if n == 0:
+        res.zero_()
+        return res
+    kernel = _bern_fwd_parallel if use_parallel(n) else _bern_fwd_serial
+    kernel(R, D, flat(x), flat(logits), flat(res))
+    return res
+
+
+def bernoulli_backward(g, x, logits, need_x, need_l, *, out=None):
+    """``(dx, dlogits)`` of the Bernoulli log-likelihood (None where not needed)."""
+    shape = x.shape
+    R, D = rows(shape)
+    grads = []
+    for i, flag in enumerate((need_x, need_l)):
+        if not flag:
+            grads.append(None)
+        elif out is not None and out[i] is not None:
+            grads.append(out[i])
+        else:
+            grads.append(torch.empty(shape, dtype=x.dtype))
+    n = x.numel()
+    if n == 0 or all(t is None for t in grads):
+        return tuple(grads)
+    kernel = _bern_bwd_parallel if use_parallel(n) else _bern_bwd_serial
+    kernel(R, D, flat(g), flat(x), flat(logits), *(flat(t) for t in grads))
+    return tuple(grads)
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+class NormalLogProbBackward(torch.autograd.Function):
+    """Fused Gaussian log-prob backward as a Function (runs under ``torch.func``)."""
+
+    @staticmethod
+    def forward(g, x, mu, logvar, need_x, need_mu, need_lv):
+        return normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError("second derivatives of the numba log-prob kernels are not implemented")
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return fold_vmap(NormalLogProbBackward, info, in_dims, args)
+
+
+class NormalLogProb(torch.autograd.Function):
+    """Diagonal Gaussian log density summed over the last dim."""
+
+    @staticmethod
+    def forward(x, mu, logvar):
+        return normal_forward(x, mu, logvar)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, mu, logvar = ctx.saved_tensors
+        return NormalLogProbBackward.apply(g, x, mu, logvar, *ctx.needs_input_grad[:3])
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return fold_vmap(NormalLogProb, info, in_dims, args)
+
+
+class BernoulliLogProbBackward(torch.autograd.Function):
+    """Fused Bernoulli log-prob backward as a Function (runs under ``torch.func``)."""
+
+    @staticmethod
+    def forward(g, x, logits, need_x, need_l):
+        return bernoulli_backward(g, x, logits, need_x, need_l)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError("second derivatives of the numba log-prob kernels are not implemented")
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return fold_vmap(BernoulliLogProbBackward, info, in_dims, args)
+
+
+class BernoulliLogProb(torch.autograd.Function):
+    """Bernoulli log-likelihood with logits summed over the last dim."""
+
+    @staticmethod
+    def forward(x, logits):
+        return bernoulli_forward(x, logits)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, logits = ctx.saved_tensors
+        return BernoulliLogProbBackward.apply(g, x, logits, *ctx.needs_input_grad[:2])
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return fold_vmap(BernoulliLogProb, info, in_dims, args)
+
+
+# --------------------------------------------------------------------------- backend entry points
+
+
+def normal_log_prob(x, mu, logvar):
+    if needs_autograd(x, mu, logvar):
+        return NormalLogProb.apply(x, mu, logvar)
+    return normal_forward(x, mu, logvar)
+
+
+def bernoulli_log_prob(x, logits):
+    if needs_autograd(x, logits):
+        return BernoulliLogProb.apply(x, logits)
+    return bernoulli_forward(x, logits)
