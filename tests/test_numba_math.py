@@ -1,0 +1,97 @@
+"""Accuracy of the vectorizable exp/log/log1p/softplus/sigmoid used inside the numba kernels.
+
+References are numpy in float64 (correctly rounded to well under a float32 ulp);
+bounds are in units of the dtype's machine epsilon (``finfo.eps``) of relative
+error, over grids covering the ranges the kernels use and beyond.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+numba_math = pytest.importorskip("kernels.numba_cpu._math")
+
+DTYPES = [np.float32, np.float64]
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    """Max relative error, ignoring absolute errors below 2 * the smallest normal number.
+
+    exp saturates at its smallest normal result instead of going subnormal (see
+    ``_math``), so e.g. float32 softplus(-100) = exp(-100) = 3.7e-44 comes out as
+    1.6e-38: off by 1.6e-38 in absolute terms, which no kernel can notice.
+    """
+    tiny = np.finfo(got.dtype).tiny
+    diff = np.maximum(np.abs(got.astype(np.float64) - want) - 2 * tiny, 0.0)
+    return float(np.max(diff / np.maximum(np.abs(want), tiny)))
+
+
+def ref(name: str, x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    if name == "softplus":
+        return np.logaddexp(0.0, x)
+    if name == "sigmoid":
+        e = np.exp(-np.abs(x))  # exp of an exact argument: correctly rounded to ~0.5 ulp
+        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return getattr(np, name)(x)
+
+
+# (function, grid builder, bound in eps for float32, for float64)
+CASES = {
+    "exp": (lambda: np.linspace(-87.0, 88.0, 200_001), 1.5, 3),
+    "log": (lambda: np.exp(np.linspace(-80.0, 80.0, 200_001)), 2, 3),
+    "log1p": (lambda: np.concatenate([-np.logspace(-30, -1e-3, 50_000), np.logspace(-30, 30, 150_000)]), 2.5, 4),
+    "softplus": (lambda: np.linspace(-100.0, 100.0, 200_001), 3, 4),
+    "sigmoid": (lambda: np.linspace(-80.0, 80.0, 200_001), 3, 4),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("name", list(CASES))
+def test_accuracy(name, dtype):
+    grid, bound32, bound64 = CASES[name]
+    x = grid().astype(dtype)
+    got = numba_math.apply(name, x)
+    assert got.dtype == dtype and got.shape == x.shape
+    eps = np.finfo(dtype).eps
+    bound = bound32 if dtype == np.float32 else bound64
+    err = rel_err(got, ref(name, x))
+    assert err <= bound * eps, f"{name}[{dtype.__name__}]: max rel err {err:.3g} = {err / eps:.2f} eps > {bound} eps"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_exp_saturates_instead_of_overflowing(dtype):
+    hi, lo = (88.0, -87.0) if dtype == np.float32 else (709.0, -708.0)
+    x = np.array([np.inf, 1e4, hi, -np.inf, -1e4, lo, np.nan], dtype=dtype)
+    y = numba_math.apply("exp", x)
+    with np.errstate(over="ignore"):
+        top, bottom = np.exp(np.array([hi, lo], dtype=dtype))
+    np.testing.assert_allclose(y[:3], top, rtol=4 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(y[3:6], bottom, rtol=4 * np.finfo(dtype).eps)
+    assert np.isnan(y[6])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_log_special_values(dtype):
+    y = numba_math.apply("log", np.array([0.0, -1.0, np.inf, np.nan, 1.0], dtype=dtype))
+    assert y[0] == -np.inf and np.isnan(y[1]) and y[2] == np.inf and np.isnan(y[3]) and y[4] == 0.0
+    z = numba_math.apply("log1p", np.array([-1.0, 0.0, np.inf, 1e-30, -2.0], dtype=dtype))
+    assert z[0] == -np.inf and z[1] == 0.0 and z[2] == np.inf and z[3] == dtype(1e-30) and np.isnan(z[4])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_softplus_sigmoid_extremes(dtype):
+    x = np.array([-1e4, -100.0, 100.0, 1e4], dtype=dtype)
+    sp = numba_math.apply("softplus", x)
+    sg = numba_math.apply("sigmoid", x)
+    assert np.all(np.isfinite(sp)) and np.all(np.isfinite(sg))
+    assert sp[2] == dtype(100.0) and sp[3] == dtype(1e4) and 0.0 <= sp[0] < 1e-30
+    assert sg[3] == 1.0 and sg[2] == 1.0 and 0.0 <= sg[0] < 1e-30
+
+
+def test_apply_rejects_bad_input():
+    with pytest.raises(ValueError, match="name must be one of"):
+        numba_math.apply("tanh", np.zeros(3))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        numba_math.apply("exp", np.zeros(3, dtype=np.int64))
