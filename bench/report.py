@@ -43,6 +43,7 @@ SAMPLES_FILE = "samples.npz"
 FIGURES_DIR = "figures"
 TABLES_DIR = "tables"
 FORMATS = ("html", "md")
+OPEN_TABLE_ROWS = 30  # longer tables start collapsed in the HTML
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 EXAMPLES = """examples:
@@ -367,7 +368,8 @@ th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
 .regression{background:#fde2e2!important;color:#9b1c1c;font-weight:600}
 .improved{background:#e3f6e3!important;color:#1b6e1b}
 figure{margin:1.2em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:.85em;color:#555}.caption{font-size:.85em;color:#555}
+figcaption{font-size:.85em;color:#555}summary{cursor:pointer;margin:.6em 0}
+td{white-space:nowrap}.caption{font-size:.85em;color:#555}
 .scroll{overflow-x:auto}code{background:#f3f3f3;padding:0 .2em}
 """
 
@@ -441,18 +443,28 @@ def _render_html(meta: dict, sections, out: Path) -> str:
         if not figs and not any(len(t[1]) for t in tables):
             continue
         parts.append(f'<h2 id="{_esc(key)}">{_esc(heading)}</h2>')
+        table_html = []
         for title, table, caption, _csv in tables:
-            parts.append(f"<h3>{_esc(title)}</h3>")
-            parts.append(_html_table(table, caption) if len(table) else f'<p class="caption">{_esc(caption)}</p>')
+            if not len(table):
+                table_html.append(f'<h3>{_esc(title)}</h3><p class="caption">{_esc(caption)}</p>')
+                continue
+            is_open = " open" if len(table) <= OPEN_TABLE_ROWS else ""
+            table_html.append(
+                f"<details{is_open}><summary><b>{_esc(title)}</b> ({len(table)} rows)</summary>"
+                f"{_html_table(table, caption)}</details>"
+            )
+        fig_html = []
         for f in figs:
             data = base64.b64encode(f.png.read_bytes()).decode("ascii")
             w, h = f.size_px
             svg = f' · <a href="{_esc(_rel(f.svg, out))}">SVG</a>' if f.svg else ""
-            parts.append(
+            fig_html.append(
                 f'<figure id="fig-{_esc(f.name)}"><img src="data:image/png;base64,{data}" width="{w}" height="{h}" '
                 f'alt="{_esc(f.title)}"><figcaption><b>{_esc(f.title)}.</b> {_esc(f.caption)} '
                 f'<a href="{_esc(_rel(f.png, out))}">PNG</a>{svg}</figcaption></figure>'
             )
+        # comparisons lead with their table of changes; the other sections with their figures
+        parts += table_html + fig_html if key in ("compare", "pytest-benchmark") else fig_html + table_html
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -490,12 +502,15 @@ def _render_md(meta: dict, sections, out: Path) -> str:
         lines += [f"> **Note:** {n}", ""]
     if len(meta["missing"]):
         lines += ["## Missing configurations", "", _md_table(meta["missing"]), ""]
-    for _key, heading, figs, tables in sections:
+    for key, heading, figs, tables in sections:
         if not figs and not any(len(t[1]) for t in tables):
             continue
         lines += [f"## {heading}", ""]
+        table_md = []
         for title, table, caption, _csv in tables:
-            lines += [f"### {title}", ""] + ([_md_table(table), ""] if len(table) else []) + [f"_{caption}_", ""]
+            table_md += [f"### {title}", ""] + ([_md_table(table), ""] if len(table) else []) + [f"_{caption}_", ""]
+        fig_md = []
         for f in figs:
-            lines += [f"![{f.title}]({_rel(f.png, out)})", "", f"*{f.title}.* {f.caption}", ""]
+            fig_md += [f"![{f.title}]({_rel(f.png, out)})", "", f"*{f.title}.* {f.caption}", ""]
+        lines += table_md + fig_md if key in ("compare", "pytest-benchmark") else fig_md + table_md
     return "\n".join(lines)

@@ -239,7 +239,7 @@ def _variance_points(
     if ns is not None and d["num_samples"].nunique() > 1:
         d = d[d["num_samples"] == ns]
     if ns is not None:
-        notes.append(f"{int(ns)} samples per estimate")
+        notes.append(f"S = {int(ns)} samples per estimate")
     if fix_backend:
         backends = sorted(d["backend"].unique())
         ref = EAGER_BACKEND if EAGER_BACKEND in backends else backends[0]
@@ -265,26 +265,23 @@ def _variance_grid(
     g, notes = _variance_points(df, metrics, hue=hue, fix_backend=fix_backend, fix_step=fix_step)
     if g.empty:
         return None
-    present = [m for m in metrics if m in set(g["metric"])]
     problems = sorted(g["problem"].unique())
+    panels = [(m, p) for m in metrics for p in problems if ((g["metric"] == m) & (g["problem"] == p)).any()]
     colors = _palette(sorted(g[hue].astype(str).unique(), key=_natural))
-    canvas = _Canvas(len(present) * len(problems), title, ncols=min(len(problems), MAX_COLS))
+    canvas = _Canvas(len(panels), title, ncols=min(len(problems), MAX_COLS))
     order = sorted(g["label"].unique())
-    n = len(present) * len(problems)
-    i = 0
-    for metric in present:
-        for problem in problems:
-            ax = canvas.axes[i]
-            i += 1
-            d = g[(g["metric"] == metric) & (g["problem"] == problem)]
-            _dotplot(ax, d, x="label", hue=hue, runs=runs, colors=colors, order=order)
-            _finish_y(ax, pd.concat([d["value"], d["lo"], d["hi"]]), _ylabel(metric, _unit_of(d)))
-            ax.set_title(problem)
-            if i + canvas.ncols <= n:  # a panel below shows the same categories
-                ax.tick_params(labelbottom=False)
-                ax.set_xlabel("")
-            else:
-                ax.set_xlabel("estimator (+ control variate)")
+    n = len(panels)
+    for i, (metric, problem) in enumerate(panels, start=1):
+        ax = canvas.axes[i - 1]
+        d = g[(g["metric"] == metric) & (g["problem"] == problem)]
+        _dotplot(ax, d, x="label", hue=hue, runs=runs, colors=colors, order=order)
+        _finish_y(ax, pd.concat([d["value"], d["lo"], d["hi"]]), _ylabel(metric, _unit_of(d)))
+        ax.set_title(problem)
+        if i + canvas.ncols <= n:  # a panel below shows the same categories
+            ax.tick_params(labelbottom=False)
+            ax.set_xlabel("")
+        else:
+            ax.set_xlabel("estimator (+ control variate)")
     _legend(canvas, colors, hue_title, runs, lines=False)
     return canvas.save(out_dir, name, "variance", title, f"{caption} {notes}.".replace(" .", "."), svg)
 
@@ -303,12 +300,13 @@ def variance_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: 
             svg,
             name="variance_by_estimator",
             title="Gradient variance per estimator and control variate",
-            metrics=["total_variance", "encoder_variance", "decoder_variance"],
+            metrics=["total_variance", "encoder_variance", "decoder_variance", "mu_variance", "logvar_variance"],
             hue="step_label",
             hue_title="training step",
             fix_backend=True,
             fix_step=False,
-            caption="Trace of the gradient covariance (total, and encoder/decoder parameters apart); "
+            caption="Trace of the gradient covariance (total, and per parameter group: encoder/decoder "
+            "of a VAE, mu/logvar of a Gaussian toy); "
             "bars are the harness's bootstrap confidence intervals; lower is better.",
         ),
         _variance_grid(
@@ -333,7 +331,7 @@ def variance_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: 
             svg,
             name="snr",
             title="Gradient signal-to-noise ratio",
-            metrics=["snr"],
+            metrics=["snr", "encoder_snr", "decoder_snr", "mu_snr", "logvar_snr"],
             hue="step_label",
             hue_title="training step",
             fix_backend=True,
@@ -379,7 +377,7 @@ def _variance_sweep(df, runs, out_dir, svg, *, x: str) -> FigureFile | None:
         ns = _mode(d["num_samples"])
         if ns is not None:
             d = d[d["num_samples"] == ns]
-            notes.append(f"{int(ns)} samples per estimate")
+            notes.append(f"S = {int(ns)} samples per estimate")
         name, title, xlabel = "variance_over_training", "Gradient variance over training", "training step"
     backends = sorted(d["backend"].unique())
     ref = EAGER_BACKEND if EAGER_BACKEND in backends else backends[0]
@@ -426,7 +424,8 @@ def speed_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
     d["center"] = d["p50"].where(d["p50"].notna(), d["value"])
     d["panel"] = _panel_key(d)
     figs: list[FigureFile | None] = []
-    sized = d[d["size_numel"].notna()]
+    # kernel ops (no estimator) against size; estimator steps are drawn per estimator below
+    sized = d[d["size_numel"].notna() & d["estimator"].eq("")]
 
     # throughput against size with the copy ceiling
     gbs = sized[(sized["metric"] == "GB/s") & (sized["op"] != COPY_OP)]
@@ -468,7 +467,7 @@ def speed_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
         figs.append(canvas.save(out_dir, "kernel_time", "speed", title, caption, svg))
 
     # speedup over eager / compile
-    figs.append(_speedup_figure(d, runs, out_dir, svg))
+    figs.append(_speedup_figure(d[d["estimator"].eq("")], runs, out_dir, svg))
 
     # estimator / training throughput
     est = d[d["metric"].isin(["examples_per_s", "steps_per_s", "kernel_share"])].copy()
@@ -701,7 +700,7 @@ def _style_legend(canvas: _Canvas, colors: dict, styles: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------------------- images
-def _tile(images: np.ndarray, ncols: int = 10, max_images: int = 60) -> np.ndarray:
+def _tile(images: np.ndarray, ncols: int = 8, max_images: int = 64) -> np.ndarray:
     images = images[:max_images]
     n, h, w = images.shape
     ncols = min(ncols, n)
@@ -726,7 +725,8 @@ def image_figures(arrays: dict[str, np.ndarray], out_dir: Path, svg: bool = True
     canvas = _Canvas(len(names), title, ncols=ncols, panel_h=panel_h)
     for ax, name in zip(canvas.axes, names, strict=False):
         ax.imshow(tiles[name], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{name} ({len(arrays[name])} images, first {min(60, len(arrays[name]))})")
+        shown = min(64, len(arrays[name]))
+        ax.set_title(name if shown == len(arrays[name]) else f"{name} (first {shown} of {len(arrays[name])})")
         ax.set_axis_off()
     caption = (
         "Decoder means (pixel probabilities in [0, 1]); originals and reconstructions are drawn in the same order, "

@@ -69,8 +69,17 @@ METRICS: dict[str, MetricSpec] = {
     "variance_x_evals": MetricSpec("variance", -1, "variance x evaluations per estimate", "evals"),
     "bias": MetricSpec("variance", -1, "bias vs ground truth", magnitude=True),
     "cosine": MetricSpec("variance", +1, "cosine to true gradient"),
+    "rel_bias": MetricSpec("variance", -1, "relative bias", magnitude=True),
+    "bias_sq": MetricSpec("variance", -1, "squared bias"),
+    "seconds_per_estimate": MetricSpec("variance", -1, "seconds per estimate", "s"),
+    "evals_per_estimate": MetricSpec("variance", 0, "function evaluations per estimate", "evals"),
+    "grad_norm_sq": MetricSpec("variance", 0, "squared norm of the mean gradient"),
+    # per-group variants (encoder_/decoder_ for VAEs, mu_/logvar_ for the toys) of
+    # "variance", "snr", "bias", "cosine", ... take the spec of the ungrouped name
+    "variance": MetricSpec("variance", -1, "gradient variance"),
     # speed benchmark (bench/speed.py, the GPU CSV as benchmark "gpu_kernels")
     "ms": MetricSpec("speed", -1, "time per call", "ms"),
+    "profile_ms": MetricSpec("speed", -1, "time of the op's calls in one step", "ms"),
     "GB/s": MetricSpec("speed", +1, "throughput", "GB/s"),
     "examples_per_s": MetricSpec("speed", +1, "training examples per second", "examples/s"),
     "steps_per_s": MetricSpec("speed", +1, "estimator steps per second", "steps/s"),
@@ -80,6 +89,8 @@ METRICS: dict[str, MetricSpec] = {
     "val_elbo": MetricSpec("train", +1, "validation ELBO", "nats"),
     "wall_s": MetricSpec("train", -1, "wall time", "s"),
     "time_to_target_s": MetricSpec("train", -1, "time to target validation ELBO", "s"),
+    "steps_to_target": MetricSpec("train", -1, "steps to target validation ELBO", "steps"),
+    "test_elbo": MetricSpec("train", +1, "test ELBO", "nats"),
     "test_ll": MetricSpec("train", +1, "test log-likelihood (IS)", "nats"),
     "test_ll_se": MetricSpec("train", 0, "standard error of test log-likelihood", "nats"),
     # pytest-benchmark JSON (stats of each benchmark, seconds)
@@ -89,11 +100,26 @@ METRICS: dict[str, MetricSpec] = {
     "ops": MetricSpec("pytest-benchmark", +1, "operations per second", "1/s"),
 }
 
+#: Prefixes of per-parameter-group metrics (``encoder_variance``, ``mu_snr``, ...).
+GROUP_PREFIXES = ("encoder_", "decoder_", "mu_", "logvar_")
 #: Metrics recorded per training step and compared at the last shared step.
 CURVE_METRICS = ("train_elbo", "val_elbo", "wall_s")
-VARIANCE_METRICS = [m for m, s in METRICS.items() if s.benchmark == "variance"]
+#: Columns of the variance table, in order (the others stay in results.csv).
+VARIANCE_METRICS = [
+    "total_variance",
+    "encoder_variance",
+    "decoder_variance",
+    "mu_variance",
+    "logvar_variance",
+    "snr",
+    "variance_x_seconds",
+    "variance_x_evals",
+    "seconds_per_estimate",
+    "bias",
+    "rel_bias",
+    "cosine",
+]
 SPEED_METRICS = [m for m, s in METRICS.items() if s.benchmark == "speed"]
-TRAIN_METRICS = [m for m, s in METRICS.items() if s.benchmark == "train"]
 SPEED_BENCHMARKS = ("speed", "gpu_kernels")
 #: The op name whose ``GB/s`` rows are the same-run copy bandwidth (the ceiling).
 COPY_OP = "copy"
@@ -118,8 +144,19 @@ COMPARE_KEY = [
 
 
 def metric_spec(metric: str) -> MetricSpec:
-    """The :class:`MetricSpec` of ``metric`` (neutral and unlabelled when unknown)."""
-    return METRICS.get(metric, MetricSpec("", 0, metric))
+    """The :class:`MetricSpec` of ``metric``.
+
+    A per-group name (``encoder_snr``) takes the spec of its ungrouped name with the
+    group in the label; an unknown name is neutral (never flagged) and labelled as is.
+    """
+    if metric in METRICS:
+        return METRICS[metric]
+    for prefix in GROUP_PREFIXES:
+        rest = metric[len(prefix) :]
+        if metric.startswith(prefix) and rest in METRICS:
+            base = METRICS[rest]
+            return MetricSpec(base.benchmark, base.better, f"{prefix[:-1]} {base.label}", base.unit, base.magnitude)
+    return MetricSpec("", 0, metric)
 
 
 # --------------------------------------------------------------------------- loading
@@ -389,37 +426,61 @@ def speed_table(df: pd.DataFrame) -> pd.DataFrame:
     return t[[*keys, *cols]]
 
 
+def _se_of_mean(se: pd.Series) -> float:
+    """Standard error of the mean of independent estimates with standard errors ``se``."""
+    se = se.dropna()
+    return float(np.sqrt((se**2).sum()) / len(se)) if len(se) else math.nan
+
+
 def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per problem x estimator x control variate x backend: final ELBOs (mean ± sd over
-    seeds), last step, wall time, time to target, test log-likelihood ± SE."""
-    d = df[(df["benchmark"] == "train") & df["metric"].isin(TRAIN_METRICS)]
+    """One row per problem x estimator x control variate x backend of the train benchmark.
+
+    Columns: seeds; the last step; final train and validation ELBO (mean ± sd over
+    seeds); wall time and examples per second of training; time to the target
+    validation ELBO (mean over the seeds that reached it, and how many did; the
+    column appears when any configuration of the run had a target); test ELBO and
+    test log-likelihood (importance sampling), mean over seeds ± its standard error
+    ``sqrt(sum se_i^2) / n`` from the per-seed ``test_ll_se`` (or the CI half-width / 1.96).
+    """
+    d = df[df["benchmark"] == "train"]
     if d.empty:
         return pd.DataFrame()
+    has_target = (d["metric"] == "time_to_target_s").any()
     keys = ["problem", "estimator", "control_variate", "backend"]
     rows = []
     for k, grp in d.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, k, strict=True))
-        row["seeds"] = grp["seed"].nunique()
-        for metric in ("train_elbo", "val_elbo", "wall_s"):
+        n_seeds = grp["seed"].nunique()
+        row["seeds"] = n_seeds
+        for metric, col in (("train_elbo", "final train ELBO"), ("val_elbo", "final val ELBO"), ("wall_s", "wall [s]")):
             m = grp[grp["metric"] == metric]
             if m.empty:
                 continue
             last = m.loc[m.groupby("seed")["step"].idxmax()]
             row["last step"] = int(last["step"].max())
             v = last["value"]
-            row[f"final {metric}"] = _fmt(v.mean()) + (f" ± {_fmt(v.std(), 2)}" if len(v) > 1 else "")
-        m = grp[grp["metric"] == "time_to_target_s"]["value"]
+            row[col] = _fmt(v.mean()) + (f" ± {_fmt(v.std(), 2)}" if len(v) > 1 else "")
+        m = grp[grp["metric"] == "examples_per_s"]["value"]
         if len(m):
+            row["examples/s"] = _fmt(m.mean())
+        if has_target:
+            m = grp[grp["metric"] == "time_to_target_s"]["value"]
             reached = m[np.isfinite(m)]
             row["time to target [s]"] = (
-                f"{_fmt(reached.mean())} ({len(reached)}/{len(m)} seeds reached)" if len(reached) else "not reached"
+                f"{_fmt(reached.mean())} ({len(reached)}/{n_seeds} seeds)" if len(reached) else "not reached"
             )
-        m = grp[grp["metric"] == "test_ll"]
-        if len(m):
-            se = grp[grp["metric"] == "test_ll_se"]["value"]
-            ci_se = ((m["ci_high"] - m["ci_low"]) / (2 * 1.96)).dropna()
-            s = se.mean() if len(se) else (ci_se.mean() if len(ci_se) else math.nan)
-            row["test log-lik [nats]"] = _fmt(m["value"].mean()) + (f" ± {_fmt(s, 2)}" if math.isfinite(s) else "")
+        for metric, col in (("test_elbo", "test ELBO [nats]"), ("test_ll", "test log-lik [nats]")):
+            m = grp[grp["metric"] == metric]
+            if m.empty:
+                continue
+            se = m[["config_hash", "seed", "ci_low", "ci_high"]].copy()
+            se["se"] = (se["ci_high"] - se["ci_low"]) / (2 * 1.96)
+            if metric == "test_ll":
+                given = grp[grp["metric"] == "test_ll_se"][["config_hash", "seed", "value"]]
+                se = se.merge(given, on=["config_hash", "seed"], how="left")
+                se["se"] = se["value"].where(se["value"].notna(), se["se"])
+            s = _se_of_mean(se["se"])
+            row[col] = _fmt(m["value"].mean()) + (f" ± {_fmt(s, 2)}" if math.isfinite(s) else "")
         rows.append(row)
     t = pd.DataFrame(rows)
     return t.rename(columns={"control_variate": "control variate"})
@@ -429,6 +490,9 @@ def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
 def _aggregate_for_compare(df: pd.DataFrame) -> pd.DataFrame:
     d = df.copy()
     d["num_samples"] = d["num_samples"].fillna(-1)
+    # end-of-training numbers (test_ll, time_to_target_s, ...) carry the step they were reached at;
+    # runs are compared on the number itself
+    d.loc[(d["benchmark"] == "train") & ~d["metric"].isin(CURVE_METRICS), "step"] = -1
     d["value"] = d["p50"].where(d["metric"].eq("ms") & d["p50"].notna(), d["value"])
     return (
         d.groupby(COMPARE_KEY, dropna=False, sort=True)
@@ -615,9 +679,8 @@ def compare_benchmark_json(bj: pd.DataFrame, *, threshold: float = 0.05) -> pd.D
 def format_compare(table: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
     """Compare table as text columns for HTML/Markdown (empty key columns dropped)."""
     t = table.copy()
-    keep = [
-        k for k in key if k in t.columns and t[k].astype(str).replace({"-1": "", "-1.0": "", "nan": ""}).ne("").any()
-    ]
+    blank = {"-1": "", "-1.0": "", "nan": "", "none": ""}
+    keep = [k for k in key if k in t.columns and t[k].astype(str).replace(blank).ne("").any()]
     out = t[keep].copy()
     if "num_samples" in out:
         out["num_samples"] = out["num_samples"].map(lambda x: "" if x is None or x < 0 or x != x else int(x))

@@ -31,10 +31,12 @@ from bench.report import build_report, load_image_arrays, save_image_grid_arrays
 from bench.report_figures import FIG_WIDTH_PX, png_size  # noqa: E402
 from bench.report_tables import (  # noqa: E402
     METRICS,
+    MetricSpec,
     ReportError,
     compare_frames,
     compare_runs,
     load_run,
+    metric_spec,
 )
 
 # every figure the full fixture (all benchmarks, images, --compare, two JSON files) must produce
@@ -320,8 +322,12 @@ def test_image_grid_arrays_round_trip_and_validation(tmp_path):
 
 def test_fixture_writes_only_metric_names_the_report_knows(report):
     df = pd.read_csv(report["new"] / "results.csv")
-    assert set(df["metric"]) <= set(METRICS)
+    for metric in set(df["metric"]):
+        assert metric_spec(metric).benchmark in ("variance", "speed", "train"), metric
     assert all(spec.better in (-1, 0, 1) for spec in METRICS.values())
+    assert metric_spec("encoder_snr").better == 1 and metric_spec("encoder_snr").label == "encoder gradient SNR"
+    assert metric_spec("mu_variance").better == -1
+    assert metric_spec("something_new") == MetricSpec("", 0, "something_new")  # unknown: neutral
 
 
 def test_png_size_reads_the_header(tmp_path):
