@@ -35,7 +35,6 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 import kernels
-from kernels.philox import check_seed
 
 from .base import Estimator, check_gaussian, check_model, check_x, checked_f
 
@@ -69,6 +68,12 @@ class _Recorder:
         self.calls.append((z.detach(), probes, single))
         new = tuple(o + p for o, p in zip(outs, probes, strict=True))
         return new[0] if single else new
+
+
+def check_seed(seed: object) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    return seed
 
 
 def _check_r(R: object) -> int:
