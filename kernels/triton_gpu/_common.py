@@ -26,6 +26,14 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton import knobs  # noqa: E402
 
+# Only @builtin language functions appear in the kernels below, never the
+# @triton.jit ones of triton.language (tl.zeros, tl.sum, tl.randn, ...): those are
+# decorated when triton is first imported, and if that happened before
+# TRITON_INTERPRET was set (torch.compile imports triton, even on CPU) the
+# interpreter cannot call them. tl.reduce with triton's own sum combiner is tl.sum;
+# the interpreter recognises that combiner by identity and never calls it.
+from triton.language.standard import _sum_combine  # noqa: E402
+
 INTERPRETED: bool = bool(knobs.runtime.interpret)
 """True when ``@triton.jit`` produced interpreter functions in this process."""
 
@@ -70,9 +78,15 @@ def store_out(ptr, offs, value, mask):
 def zeros_acc(BLOCK: tl.constexpr, F64: tl.constexpr):
     """A ``[BLOCK]`` accumulator of zeros in the accumulation dtype."""
     if F64:
-        return tl.zeros([BLOCK], tl.float64)
+        return tl.full([BLOCK], 0.0, tl.float64)
     else:
-        return tl.zeros([BLOCK], tl.float32)
+        return tl.full([BLOCK], 0.0, tl.float32)
+
+
+@triton.jit
+def row_sum(x):
+    """Sum of a ``[BLOCK_R, BLOCK_D]`` block over its last axis (``tl.sum(x, axis=1)``)."""
+    return tl.reduce(x, 1, _sum_combine)
 
 
 # Philox4x32-10 constants (Salmon et al. 2011; the values of triton.language.random).

@@ -38,6 +38,7 @@ from ._common import (
     philox_randn,
     placeholder,
     row_blocks,
+    row_sum,
     rows_of,
     sample_period,
     store_out,
@@ -252,7 +253,7 @@ def _kl_fwd_kernel(
         mu = load_acc(mu_ptr, offs, mask, F64)
         lv = load_acc(lv_ptr, offs, mask, F64)
         term = tl.exp(lv) + mu * mu - 1.0 - lv
-        acc += tl.sum(tl.where(mask, term, 0.0), axis=1)
+        acc += row_sum(tl.where(mask, term, 0.0))
     store_out(kl_ptr, rows, 0.5 * acc, rmask)
 
 
@@ -403,7 +404,7 @@ def _rsample_kl_fwd_kernel(
         std = tl.exp(0.5 * lv)
         store_out(z_ptr, offs, mu + std * eps, mask)
         term = std * std + mu * mu - 1.0 - lv
-        acc += tl.sum(tl.where(mask, term, 0.0), axis=1)
+        acc += row_sum(tl.where(mask, term, 0.0))
     store_out(kl_ptr, rows, 0.5 * acc, rmask)
 
 

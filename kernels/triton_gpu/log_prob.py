@@ -37,6 +37,7 @@ from ._common import (
     log1p_small,
     placeholder,
     row_blocks,
+    row_sum,
     rows_of,
     store_out,
     zeros_acc,
@@ -75,7 +76,7 @@ def _normal_lp_fwd_kernel(
         diff = load_acc(x_ptr, offs, mask, F64) - load_acc(mu_ptr, offs, mask, F64)
         lv = load_acc(lv_ptr, offs, mask, F64)
         term = lv + _LOG_2PI + diff * diff * tl.exp(-lv)
-        acc += tl.sum(tl.where(mask, term, 0.0), axis=1)
+        acc += row_sum(tl.where(mask, term, 0.0))
     store_out(lp_ptr, rows, -0.5 * acc, rmask)
 
 
@@ -248,7 +249,7 @@ def _bernoulli_lp_fwd_kernel(
         x = load_acc(x_ptr, offs, mask, F64)
         logits = load_acc(l_ptr, offs, mask, F64)
         softplus, _ = _softplus_sigmoid(logits)
-        acc += tl.sum(tl.where(mask, x * logits - softplus, 0.0), axis=1)
+        acc += row_sum(tl.where(mask, x * logits - softplus, 0.0))
     store_out(lp_ptr, rows, acc, rmask)
 
 
