@@ -14,6 +14,7 @@ semantics; the custom-op registration.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import subprocess
@@ -443,3 +444,66 @@ def test_torch_compile_traces_the_ops_without_graph_breaks():
     want = torch.autograd.grad(step(mu, logvar), (mu, logvar))
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- bench/gpu_kernels.py
+def _gpu_bench_args(tmp_path, **kw):
+    from bench import gpu_kernels
+
+    parser = argparse.ArgumentParser()
+    gpu_kernels.add_arguments(parser)
+    argv = ["--out", str(tmp_path / "gpu.csv"), "--sizes", "2x33", "--no-compile"]
+    for k, v in kw.items():
+        argv += [f"--{k}"] + ([] if v is True else [str(v)])
+    return parser.parse_args(argv)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_gpu_benchmark_exits_2_without_a_gpu(tmp_path, capsys):
+    from bench import gpu_kernels
+
+    assert gpu_kernels.main(_gpu_bench_args(tmp_path)) == gpu_kernels.NO_GPU_EXIT == 2
+    assert "needs compiled triton on a CUDA device: no CUDA device here" in capsys.readouterr().err
+    assert not (tmp_path / "gpu.csv").exists()
+
+
+@needs_triton
+def test_gpu_benchmark_rows_and_resume(tmp_path):
+    """The script's bookkeeping, run on tiny sizes with a stand-in timer (the interpreter on CPU)."""
+    from bench import gpu_kernels
+    from bench.results import read_results
+
+    calls = []
+
+    def timer(fn, warmup_ms, rep_ms):
+        fn()
+        calls.append(fn)
+        return 1.0, 2.0, 3.0
+
+    args = _gpu_bench_args(tmp_path)
+    assert gpu_kernels.run(args, device=DEVICE, device_name="test-device", timer=timer) == 0
+    df = read_results(args.out)
+    # one size: copy (ms, gbps) + per op and impl: 2 passes x (ms, gbps, x_copy)
+    impls = {op: 3 if "seed" in gpu_kernels.TRAFFIC[op] else 2 for op in gpu_kernels.OPS}
+    assert len(df) == 2 + 6 * sum(impls.values())
+    assert set(df["backend"]) == {"copy", "triton", "triton_seed", "torch"}
+    assert set(df["device"]) == {"test-device"} and set(df["benchmark"]) == {"gpu_kernels"}
+    ms = df[(df.metric == "ms") & (df.backend != "copy")]
+    assert (ms.p20 == 1.0).all() and (ms.p50 == 2.0).all() and (ms.p80 == 3.0).all()
+    x = df[(df.metric == "x_copy") & (df.op == "normal_rsample_kl.fwd_bwd")]
+    assert sorted(x.value) == pytest.approx(sorted([10 / 2, 10 / 2, 8 / 2]))  # same ms as the copy: moved / 2
+    n_calls = len(calls)
+    assert gpu_kernels.run(args, device=DEVICE, device_name="test-device", timer=timer) == 2  # no overwrite
+    args.resume = True
+    assert gpu_kernels.run(args, device=DEVICE, device_name="test-device", timer=timer) == 0
+    assert len(read_results(args.out)) == len(df) and len(calls) == n_calls + 1  # only the copy re-timed
+
+
+def test_gpu_benchmark_argument_errors():
+    from bench import gpu_kernels
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected RxD"):
+        gpu_kernels._parse_sizes("256by64")
+    with pytest.raises(argparse.ArgumentTypeError, match="--ops: expected"):
+        gpu_kernels._parse_ops("normal_rsample,nope")
+    assert set(gpu_kernels.TRAFFIC) == set(gpu_kernels.OPS)
