@@ -147,7 +147,7 @@ def _rsample_fwd(
         wrap_triton(_rsample_fwd_kernel)[(triton.cdiv(n, block),)](
             mu,
             logvar,
-            eps if eps is not None else z,
+            eps if eps is not None else mu,  # dummy, never read
             z,
             n,
             seed,
@@ -179,7 +179,7 @@ def _rsample_bwd(
         wrap_triton(_rsample_bwd_kernel)[(triton.cdiv(n, block),)](
             gz,
             logvar,
-            eps if eps is not None else gz,
+            eps if eps is not None else gz,  # dummy, never read
             glv,
             geps,
             n,
@@ -472,7 +472,7 @@ def _rsample_kl_fwd(
         wrap_triton(_rsample_kl_fwd_kernel)[(triton.cdiv(r, block_r),)](
             mu,
             logvar,
-            eps if eps is not None else z,
+            eps if eps is not None else mu,  # dummy, never read
             z,
             kl,
             r,
@@ -514,7 +514,7 @@ def _rsample_kl_bwd(
             gkl,
             mu,
             logvar,
-            eps if eps is not None else gz,
+            eps if eps is not None else gz,  # dummy, never read
             gmu,
             glv,
             geps,
