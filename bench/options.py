@@ -118,10 +118,17 @@ def estimator_names() -> list[str]:
     """Names in the estimator registry (empty when the estimators package is missing)."""
     try:
         import estimators
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "estimators":
+            raise
         return []
     available = getattr(estimators, "available", None)
-    return list(available()) if callable(available) else []
+    if not callable(available):
+        raise OptionError(
+            f"the estimators package at {list(getattr(estimators, '__path__', []))} has no available(); "
+            "if it was installed before estimators/__init__.py existed, reinstall it: pip install -e ."
+        )
+    return list(available())
 
 
 def validate_estimators(names: list[str], option: str = "--estimators") -> list[str]:

@@ -303,7 +303,7 @@ def train(
     Returns:
         ``list[Result]`` (metrics ``train_elbo``, ``val_elbo``, ``wall_s`` per evaluation
         step; ``examples_per_s``, ``test_elbo``, ``test_ll`` (+ ``test_ll_se``),
-        ``time_to_target``/``steps_to_target`` at the end), or ``(rows, model)``.
+        ``time_to_target_s``/``steps_to_target`` at the end), or ``(rows, model)``.
     """
     cfg = config
     key = cfg.key()
@@ -431,7 +431,7 @@ def _rows(cfg: TrainConfig, key: dict, history: list[dict], wall: float, model, 
         hit = next((h for h in history if h["val_elbo"] >= cfg.target_elbo), None)
         if hit is not None:
             rows.append(
-                make_result(key, **common, metric="time_to_target", unit="s", step=hit["step"], value=hit["wall_s"])
+                make_result(key, **common, metric="time_to_target_s", unit="s", step=hit["step"], value=hit["wall_s"])
             )
             rows.append(
                 make_result(key, **common, metric="steps_to_target", unit="steps", step=hit["step"], value=hit["step"])

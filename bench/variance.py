@@ -6,7 +6,7 @@ independent gradient estimates ``g_1..g_R`` (each with S samples) in one batched
 call (:func:`estimators.per_sample_grads`, or a replicated surrogate for the toys)
 and reports, over all parameters and split into encoder and decoder:
 
-* ``total_variance``: the trace of the gradient covariance,
+* ``total_variance`` (and ``encoder_variance``/``decoder_variance``): the trace of the gradient covariance,
   ``tr Var[g] ~= 1/(R-1) sum_r ||g_r - gbar||^2``, with a percentile bootstrap CI
   over the R rows (``ci_low``/``ci_high``, 95 %; computed from the R x R Gram matrix,
   so each bootstrap replicate costs O(R^2));
@@ -20,12 +20,13 @@ and reports, over all parameters and split into encoder and decoder:
 * against a ground truth ``g*``: ``bias_sq = ||gbar - g*||^2 - tr Var[g] / R``, an
   unbiased estimate of the squared bias ``||E g - g*||^2`` (it can be slightly
   negative for an unbiased estimator), ``rel_bias = sqrt(max(bias_sq, 0)) / ||g*||``,
-  and ``cosine = <gbar, g*> / (||gbar|| ||g*||)``. The truth is exact for ``ppca``
+  ``bias = sqrt(max(bias_sq, 0))``, and ``cosine = <gbar, g*> / (||gbar|| ||g*||)``. The truth is exact for ``ppca``
   (closed-form ELBO gradient, :mod:`bench.ppca`) and the Gaussian toys; for an MLP VAE
   it is a high-sample reference: the mean of many ``reparam`` estimates (``iwae`` at
   the same K for the multi-sample bounds, whose objective is the K-sample bound).
 
-Gaussian toys (the generic-expectation contract of issue 4, ``est.surrogate``), with
+Gaussian toys (the generic-expectation contract of issue 4, ``est.surrogate`` batched by
+:func:`estimators.per_sample_grads_expectation`), with
 ``z ~ N(mu, diag exp(logvar))`` in D dims and exact gradients:
 
 * ``gauss_quadratic``: ``f(z) = log N(z; a, I)`` through :func:`kernels.normal_log_prob`;
@@ -72,6 +73,7 @@ EXAMPLES = """examples:
 
 TOYS = ("gauss_quadratic", "gauss_cosine")
 VAE_ONLY = ("iwae", "dreg", "vimco")
+STATEFUL_CVS = ("moving_average", "learned")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class VarianceConfig:
         toy_dim: D of the toys.
         bootstrap: bootstrap replicates for the CIs.
         data_seed: seeds the dataset split.
+        cv_warmup: estimates made (with state updates, without moving the model) before
+            measuring a stateful control variate (``moving_average``, ``learned``), so
+            its state is not the untrained initial one; the snapshots themselves are
+            trained with ``reparam``.
     """
 
     problem: str = "digits"
@@ -103,6 +109,7 @@ class VarianceConfig:
     toy_dim: int = 16
     bootstrap: int = 200
     data_seed: int = 0
+    cv_warmup: int = 200
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "batch_size", "toy_dim", "bootstrap"):
@@ -210,17 +217,13 @@ def toy_problem(name: str, dim: int, seed: int):
 
 
 def toy_per_sample_grads(est, f, mu, logvar, replicates: int, num_samples: int, seed: int) -> dict[str, torch.Tensor]:
-    """R estimates of ``d E[f] / d(mu, logvar)`` in one backward pass: ``{"mu": [R, D], "logvar": [R, D]}``.
+    """R estimates of ``d E[f] / d(mu, logvar)``: ``{"mu": [R, D], "logvar": [R, D]}``, batched.
 
-    The D-dim problem is replicated R times as a batch ``[R, D]`` (each row its own
-    leaf slice), so one ``surrogate(...).sum().backward()`` leaves row r's estimate in
-    row r of the gradients; the noise of the ``[S, R, D]`` draw is independent per row.
+    :func:`estimators.per_sample_grads_expectation` (row r drawn with its own seed).
     """
-    mu_r = mu.detach().expand(replicates, -1).clone().requires_grad_(True)
-    lv_r = logvar.detach().expand(replicates, -1).clone().requires_grad_(True)
-    torch.manual_seed(int(seed))
-    est.surrogate(f, mu_r, lv_r, num_samples).sum().backward()
-    return {"mu": mu_r.grad.detach(), "logvar": lv_r.grad.detach()}
+    import estimators
+
+    return estimators.per_sample_grads_expectation(est, f, mu, logvar, replicates, num_samples=num_samples, seed=seed)
 
 
 # --------------------------------------------------------------------------- VAE problems
@@ -260,19 +263,6 @@ def _fixed_batch(dataset, batch_size: int, seed: int) -> torch.Tensor:
     return x
 
 
-def _evals_per_estimate(est, num_samples: int) -> float:
-    """Model evaluations one estimate costs: S times the estimator's evaluations per sample.
-
-    Uses the estimator's ``evals_per_estimate(num_samples)`` or ``evals_per_sample``
-    when it declares one (measure-valued derivatives evaluate f at paired points;
-    the ``optimal`` control variate draws extra samples), else S.
-    """
-    fn = getattr(est, "evals_per_estimate", None)
-    if callable(fn):
-        return float(fn(num_samples))
-    return float(num_samples) * float(getattr(est, "evals_per_sample", 1))
-
-
 def _make_est(name: str, cv: str):
     from bench.train import make_estimator
 
@@ -302,8 +292,9 @@ def configs(
     """The grid problem x train step x estimator (x control variate) x backend x S x seed.
 
     Skipped combinations: VAE-only estimators and the ``learned`` control variate on
-    the toys; S = 1 for estimators that need S >= 2 (``vimco``, leave-one-out); train
-    steps other than 0 on the toys (they have no training).
+    the toys; train steps other than 0 on the toys (they have no training). An S
+    below an estimator's ``min_samples`` (2 for ``vimco`` and leave-one-out) is raised
+    to it.
     """
     out = []
     for prob in problems:
@@ -316,9 +307,8 @@ def configs(
                 for cv in cvs:
                     if is_toy and cv == "learned":
                         continue
-                    for s in num_samples:
-                        if s < 2 and (e == "vimco" or cv == "leave_one_out"):
-                            continue
+                    need = _make_est(e, cv).min_samples
+                    for s in dict.fromkeys(max(s, need) for s in num_samples):
                         for b in backends:
                             for seed in seeds:
                                 out.append(
@@ -458,10 +448,14 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
     if cfg.problem in TOYS:
         f, mu, logvar, exact = toy_problem(cfg.problem, cfg.toy_dim, cfg.seed)
         with kernels.use_backend(cfg.backend):
+            if cfg.control_variate in STATEFUL_CVS:
+                for i in range(cfg.cv_warmup):
+                    est.surrogate(f, mu, logvar, cfg.num_samples, seed=50_000 + i)
             grads, secs = _timed(
                 lambda: toy_per_sample_grads(est, f, mu, logvar, cfg.replicates, cfg.num_samples, cfg.seed), warm
             )
         groups = {"total": ["mu", "logvar"], "mu": ["mu"], "logvar": ["logvar"]}
+        latent_dim = cfg.toy_dim
         truth_all = torch.cat([exact["mu"], exact["logvar"]])
         truths = {"total": truth_all, "mu": exact["mu"], "logvar": exact["logvar"]}
     else:
@@ -469,6 +463,10 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         split = models_mod.encoder_decoder_split(names)
         with kernels.use_backend(cfg.backend):
+            if cfg.control_variate in STATEFUL_CVS and cfg.cv_warmup:
+                it = dataset.batches(x.shape[0], seed=cfg.seed + 99)
+                for i in range(cfg.cv_warmup):
+                    est.vae_loss(model, next(it), num_samples=cfg.num_samples, seed=50_000 + i)  # updates the CV only
             grads, secs = _timed(
                 lambda: estimators.per_sample_grads(
                     est, model, x, cfg.replicates, num_samples=cfg.num_samples, seed=cfg.seed
@@ -477,6 +475,8 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
             )
         ref = _reference(cfg, ctx, dataset, model, x, names, reference_estimates)
         groups = {"total": names, "encoder": split["encoder"], "decoder": split["decoder"]}
+        with torch.no_grad():
+            latent_dim = int(model.encode(x[:1])[0].shape[-1])
         truths = {"total": ref}
         if ref is not None:
             sizes = [grads[n][0].numel() for n in names]
@@ -484,7 +484,7 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
             truths["encoder"] = torch.cat([parts[n] for n in split["encoder"]]) if split["encoder"] else None
             truths["decoder"] = torch.cat([parts[n] for n in split["decoder"]]) if split["decoder"] else None
     sec_per = secs / cfg.replicates
-    evals = _evals_per_estimate(est, cfg.num_samples)
+    evals = float(est.evaluations(cfg.num_samples, latent_dim))
     key = cfg.key()
     rows = [
         make_result(key, **common, metric="seconds_per_estimate", unit="s", value=sec_per),
@@ -501,7 +501,7 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
             make_result(
                 key,
                 **common,
-                metric=f"{prefix}total_variance" if prefix else "total_variance",
+                metric=f"{prefix}variance" if prefix else "total_variance",
                 unit="grad^2",
                 value=v,
                 ci_low=st["ci_low"],
@@ -536,6 +536,8 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
             rows.append(make_result(key, **common, metric="grad_norm_sq", unit="grad^2", value=st["grad_norm_sq"]))
         if "bias_sq" in st:
             rows.append(make_result(key, **common, metric=f"{prefix}bias_sq", unit="grad^2", value=st["bias_sq"]))
+            bias = math.sqrt(max(st["bias_sq"], 0.0))
+            rows.append(make_result(key, **common, metric=f"{prefix}bias", unit="grad", value=bias))
             rows.append(make_result(key, **common, metric=f"{prefix}rel_bias", unit="", value=st["rel_bias"]))
             rows.append(make_result(key, **common, metric=f"{prefix}cosine", unit="", value=st["cosine"]))
     return rows
