@@ -27,9 +27,11 @@ import torch
 from torch import nn
 
 import kernels
+from bench.ppca import LinearGaussianVAE  # re-exported: the ppca model
 
 __all__ = [
     "ACTIVATIONS",
+    "LinearGaussianVAE",
     "MLPVAE",
     "build_model",
     "default_architecture",
@@ -169,12 +171,3 @@ def encoder_decoder_split(names: Sequence[str]) -> dict[str, list[str]]:
 def param_count(model: nn.Module) -> int:
     """Number of trainable parameter elements."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def __getattr__(name: str):
-    # Re-export without importing bench.ppca at import time (it is optional until it lands).
-    if name == "LinearGaussianVAE":
-        from bench.ppca import LinearGaussianVAE
-
-        return LinearGaussianVAE
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,7 +42,7 @@ QUICK = {
     "variance_replicates": 32,
     "variance_batch": 32,
     "train_steps": 300,
-    "train_batch": 100,
+    "train_batch": 50,
     "is_k": 100,
     "kernel_sizes": ((256, 64), (4096, 256)),
     "speed_estimators": ("reparam",),
@@ -113,7 +113,9 @@ def plan(args: argparse.Namespace) -> dict:
         "backends": common["backends"],
         "batch_sizes": list(QUICK["speed_batch"]),
         "kernel_sizes": QUICK["kernel_sizes"],
-        "kernel_options": {"compile": False} if args.quick else None,
+        # --quick: no torch.compile (its ~10 s warm-ups would dominate the budget)
+        "kernel_backends": common["backends"] if args.quick else None,
+        "kernel_options": {"repeats": 10} if args.quick else None,
         "repeats": 10 if args.quick else 20,
     }
     return {"common": common, "skip": skip, "variance": var_grid, "train": train_grid, "speed": speed_kw}

@@ -263,6 +263,7 @@ def speed_benchmark(
     backends: Sequence[str] = ("torch",),
     batch_sizes: Sequence[int] = (100,),
     kernel_sizes: Sequence | None = ((256, 64), (4096, 256)),
+    kernel_backends: Sequence[str] | None = None,
     kernel_options: dict | None = None,
     repeats: int = 20,
     out: str | Path | None = None,
@@ -270,7 +271,14 @@ def speed_benchmark(
     writer: ResultsWriter | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Kernel benchmarks (if ``kernel_sizes``) plus :func:`estimator_speed`; rows as a DataFrame."""
+    """Kernel benchmarks (if ``kernel_sizes``) plus :func:`estimator_speed`; rows as a DataFrame.
+
+    Args:
+        kernel_backends: backends of the kernel benchmarks (default: ``backends`` plus
+            ``"torch_compile"``); ``kernel_options`` go to
+            :func:`bench.kernel_speed.kernel_speed` (e.g. ``repeats``).
+        Others: as :func:`estimator_speed`.
+    """
     if writer is None and out is not None:
         writer = ResultsWriter(out, resume=resume)
     frames = []
@@ -280,15 +288,16 @@ def speed_benchmark(
         except ImportError as exc:
             print(f"speed: kernel benchmarks skipped ({exc})", file=sys.stderr)
         else:
+            kb = list(kernel_backends) if kernel_backends is not None else [*backends, "torch_compile"]
             kkey = {
                 "benchmark": "speed",
                 "part": "kernels",
                 "sizes": [list(s) for s in kernel_sizes],
-                "backends": list(backends),
+                "backends": kb,
                 **(kernel_options or {}),
             }
             if writer is None or not writer.is_done(kkey):
-                kdf = kernel_speed(sizes=kernel_sizes, backends=list(backends), **(kernel_options or {}))
+                kdf = kernel_speed(sizes=kernel_sizes, backends=kb, **(kernel_options or {}))
                 if writer is not None and not kdf.empty:
                     # mark the kernel part done under one hash, keeping each row's own config text
                     rows = kernel_rows(kdf)

@@ -158,3 +158,15 @@ def test_mnist5k_shape_and_split():
     assert 0.0 <= float(ds.train.min()) and float(ds.train.max()) <= 1.0
     # MNIST's mean intensity is about 0.13
     assert 0.1 < float(ds.train.mean()) < 0.16
+
+
+def test_ppca_is_real_valued_with_true_parameters():
+    a = datasets.load("ppca", seed=2, binarize="static")
+    b = datasets.load("ppca", seed=2)
+    assert a.binarize == "none" and a.likelihood == "gaussian"
+    assert torch.equal(a.train, b.train)
+    assert a.train.shape[0] + a.val.shape[0] + a.test.shape[0] == 2000
+    w = np.asarray(a.info["W"])
+    assert w.shape == (a.dim, int(a.info["k"]))
+    # the data are not confined to [0, 1]
+    assert float(a.train.min()) < 0.0 or float(a.train.max()) > 1.0

@@ -100,3 +100,14 @@ def test_custom_widths_and_relu(digits):
     assert [layer.out_features for layer in m.encoder if isinstance(layer, torch.nn.Linear)] == [400, 40]
     assert any(isinstance(layer, torch.nn.ReLU) for layer in m.decoder)
     assert "64-400-20, relu" in repr(m)
+
+
+def test_ppca_dataset_gets_the_linear_gaussian_vae():
+    ds = datasets.load("ppca", seed=0, binarize="dynamic")
+    assert ds.likelihood == "gaussian" and ds.binarize == "none"  # real-valued data is never binarized
+    m = models.build_model(ds, seed=0)
+    assert isinstance(m, models.LinearGaussianVAE) and m.likelihood == "gaussian"
+    mu, logvar = m.encode(ds.train[:4])
+    assert mu.shape == (4, int(ds.info["k"])) and logvar.shape == mu.shape
+    mean, dec_logvar = m.decode(mu)
+    assert mean.shape == (4, ds.dim) and dec_logvar.shape == mean.shape
