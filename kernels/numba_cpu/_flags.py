@@ -14,3 +14,8 @@ PARALLEL_MIN_ELEMENTS = 1 << 16
 # Row sums of float32 are accumulated in blocks of this many elements in float32
 # (vectorized lanes) and the block sums in float64.
 BLOCK = 64
+
+# Options of every kernel: ``error_model="numpy"`` makes float division by zero
+# give inf/nan instead of raising, which removes the check-and-raise branch that
+# would otherwise stop LLVM from vectorizing any loop containing a division.
+JIT_OPTIONS = dict(cache=True, fastmath=FASTMATH, error_model="numpy")

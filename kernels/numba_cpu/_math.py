@@ -43,7 +43,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ._flags import FASTMATH
+from ._flags import JIT_OPTIONS
 
 # --------------------------------------------------------------------------- bit casts
 
@@ -335,31 +335,31 @@ def _fsigmoid_impl(x):
 # --------------------------------------------------------------------------- array entry points (for tests)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _map_exp(x, out):
     for i in range(x.shape[0]):
         out[i] = fexp(x[i])
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _map_log(x, out):
     for i in range(x.shape[0]):
         out[i] = flog(x[i])
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _map_log1p(x, out):
     for i in range(x.shape[0]):
         out[i] = flog1p(x[i])
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _map_softplus(x, out):
     for i in range(x.shape[0]):
         out[i] = fsoftplus(x[i])
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _map_sigmoid(x, out):
     for i in range(x.shape[0]):
         out[i] = fsigmoid(x[i])

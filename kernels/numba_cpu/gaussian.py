@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from ..philox import randn_at
 from ._common import flat, fold_vmap, keys, needs_autograd, rows, use_parallel
-from ._flags import BLOCK, FASTMATH
+from ._flags import BLOCK, JIT_OPTIONS
 from ._math import cst, fexp
 
 # --------------------------------------------------------------------------- kernels
@@ -41,7 +41,7 @@ def _noise(k0, k1, i):
     return randn_at(k0, k1, i)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl):
     # mu, lv: [R*D] mean, log variance; eps: [R*D] noise or None (Philox at index);
     # z: [R*D] output or None; kl: [R] output or None.
@@ -68,19 +68,19 @@ def _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl):
         kl[r] = cst(kl, 0.5 * acc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _fwd_serial(R, D, mu, lv, eps, k0, k1, z, kl):
     for r in range(R):
         _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(parallel=True, **JIT_OPTIONS)
 def _fwd_parallel(R, D, mu, lv, eps, k0, k1, z, kl):
     for r in prange(R):
         _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
     # dz: [R*D] or None; dkl: [R] or None; mu, lv: [R*D]; eps: [R*D] or None (Philox);
     # dmu, dlv, deps: [R*D] outputs, each None when not wanted.
@@ -114,13 +114,13 @@ def _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
             dlv[j] = gl
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _bwd_serial(R, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
     for r in range(R):
         _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(parallel=True, **JIT_OPTIONS)
 def _bwd_parallel(R, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
     for r in prange(R):
         _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps)

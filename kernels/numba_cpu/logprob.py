@@ -25,7 +25,7 @@ import torch
 from numba import njit, prange
 
 from ._common import flat, fold_vmap, needs_autograd, rows, use_parallel
-from ._flags import BLOCK, FASTMATH
+from ._flags import BLOCK, JIT_OPTIONS
 from ._math import cst, fexp, fsigmoid, fsoftplus
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -33,7 +33,7 @@ LOG_2PI = math.log(2.0 * math.pi)
 # --------------------------------------------------------------------------- Gaussian
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _normal_fwd_row(r, D, x, mu, lv, out):
     # x, mu, lv: [R*D]; out: [R] log density per row
     c = cst(x, LOG_2PI)
@@ -49,19 +49,19 @@ def _normal_fwd_row(r, D, x, mu, lv, out):
     out[r] = cst(out, -0.5 * acc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _normal_fwd_serial(R, D, x, mu, lv, out):
     for r in range(R):
         _normal_fwd_row(r, D, x, mu, lv, out)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(parallel=True, **JIT_OPTIONS)
 def _normal_fwd_parallel(R, D, x, mu, lv, out):
     for r in prange(R):
         _normal_fwd_row(r, D, x, mu, lv, out)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv):
     # g: [R] upstream; x, mu, lv: [R*D]; dx, dmu, dlv: [R*D] outputs or None
     gr = g[r]
@@ -80,13 +80,13 @@ def _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv):
             dlv[j] = -half * gr * (one - d * q)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _normal_bwd_serial(R, D, g, x, mu, lv, dx, dmu, dlv):
     for r in range(R):
         _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(parallel=True, **JIT_OPTIONS)
 def _normal_bwd_parallel(R, D, g, x, mu, lv, dx, dmu, dlv):
     for r in prange(R):
         _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv)
@@ -95,7 +95,7 @@ def _normal_bwd_parallel(R, D, g, x, mu, lv, dx, dmu, dlv):
 # --------------------------------------------------------------------------- Bernoulli
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _bern_fwd_row(r, D, x, logits, out):
     # x, logits: [R*D]; out: [R]
     base = r * D
@@ -109,19 +109,19 @@ def _bern_fwd_row(r, D, x, logits, out):
     out[r] = cst(out, acc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _bern_fwd_serial(R, D, x, logits, out):
     for r in range(R):
         _bern_fwd_row(r, D, x, logits, out)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(parallel=True, **JIT_OPTIONS)
 def _bern_fwd_parallel(R, D, x, logits, out):
     for r in prange(R):
         _bern_fwd_row(r, D, x, logits, out)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _bern_bwd_row(r, D, g, x, logits, dx, dl):
     # g: [R]; x, logits: [R*D]; dx, dl: [R*D] outputs or None
     gr = g[r]
@@ -134,13 +134,13 @@ def _bern_bwd_row(r, D, g, x, logits, dx, dl):
             dl[j] = gr * (x[j] - fsigmoid(lj))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(**JIT_OPTIONS)
 def _bern_bwd_serial(R, D, g, x, logits, dx, dl):
     for r in range(R):
         _bern_bwd_row(r, D, g, x, logits, dx, dl)
 
 
-@njit(cache=True, parallel=True, fastmath=FASTMATH)
+@njit(parallel=True, **JIT_OPTIONS)
 def _bern_bwd_parallel(R, D, g, x, logits, dx, dl):
     for r in prange(R):
         _bern_bwd_row(r, D, g, x, logits, dx, dl)

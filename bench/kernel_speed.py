@@ -1,0 +1,451 @@
+"""Kernel throughput: each op x backend x size against torch eager, torch.compile and copy bandwidth.
+
+:func:`kernel_speed` returns rows of the results schema (``benchmark="speed"``,
+``problem="kernel"``) that ``elbobench speed`` writes and the reports read;
+:func:`summary` pivots them into one line per (op, size, pass) with the ratios
+the backend issues set targets on.
+
+What is timed (medians over ``repeats`` calls after warm-up, p20/p50/p80 kept):
+
+* ``forward``: the op's forward alone. numba runs its launcher with
+  preallocated outputs (``metric="ms"``) and, as a separate row, through the
+  public API with allocation, validation and dispatch (``metric="ms_api"``); the
+  difference is the allocation cost, reported apart because fresh pages for
+  large outputs dominate at big sizes. torch eager and ``torch.compile`` (of the
+  reference formulas in :mod:`kernels.reference`) are timed as called; they
+  allocate their outputs.
+* ``backward``: the backward alone from saved inputs and upstream gradients: the
+  numba fused backward kernel (preallocated outputs) against the analytic
+  backward formulas in torch, eager and compiled.
+* ``forward_backward``: forward + ``torch.autograd.grad`` through autograd,
+  what a training step does (every backend allocates here).
+* the ``copy`` backend: ``Tensor.copy_`` of a ``[R, D]`` tensor, measured in the
+  same run, whose GB/s is the bandwidth reference (``bytes = 2 R D itemsize``).
+* ``normal_noise`` and ``normal_rsample_kl_noise`` (``eps=None``, Philox drawn
+  in the kernel) add a ``ns_per_element`` row: Box-Muller needs log, sqrt and
+  cos per pair, so noise is reported per element rather than held to bandwidth.
+
+Byte model (``E = R D`` elements, ``R`` rows, gradients of the inputs a VAE step
+differentiates: mu/logvar for the Gaussian ops, x/mu/logvar for
+``normal_log_prob``, logits for ``bernoulli_log_prob``): bytes read + written by
+an ideal single pass, e.g. ``normal_rsample_kl`` forward reads mu, logvar, eps
+and writes z and kl: ``(4 E + R) * itemsize``. ``GB/s = bytes / median time``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+import torch
+
+import kernels
+from bench.results import make_result
+from kernels import reference as ref
+
+__all__ = ["BYTE_MODEL", "DEFAULT_OPS", "DEFAULT_SIZES", "NOISE_OPS", "kernel_speed", "op_bytes", "summary"]
+
+DEFAULT_SIZES = ((256, 64), (1024, 256), (4096, 1024), (16384, 1024))
+DEFAULT_OPS = ("normal_rsample", "normal_kl_std", "normal_rsample_kl", "normal_log_prob", "bernoulli_log_prob")
+NOISE_OPS = ("normal_noise", "normal_rsample_kl_noise")
+BACKENDS = ("torch", "torch_compile", "numba")
+PASSES = ("forward", "backward", "forward_backward")
+
+# op -> (tensor args, args that get gradients, (forward E, forward R), (backward E, backward R))
+BYTE_MODEL: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[int, int], tuple[int, int]]] = {
+    "normal_rsample": (("mu", "logvar", "eps"), ("mu", "logvar"), (4, 0), (4, 0)),  # bwd: dz, lv, eps -> dlv
+    "normal_kl_std": (("mu", "logvar"), ("mu", "logvar"), (2, 1), (4, 1)),
+    "normal_rsample_kl": (("mu", "logvar", "eps"), ("mu", "logvar"), (4, 1), (6, 1)),
+    "normal_log_prob": (("x", "mu", "logvar"), ("x", "mu", "logvar"), (3, 1), (6, 1)),
+    "bernoulli_log_prob": (("x", "logits"), ("logits",), (2, 1), (3, 1)),
+    "normal_noise": ((), (), (1, 0), (0, 0)),
+    "normal_rsample_kl_noise": (("mu", "logvar"), ("mu", "logvar"), (3, 1), (4, 1)),
+}
+
+
+def op_bytes(op: str, rows: int, cols: int, itemsize: int, pass_: str) -> int:
+    """Bytes read + written by one ideal pass of ``op`` on ``[rows, cols]`` inputs."""
+    _, _, fwd, bwd = BYTE_MODEL[op]
+    e, r = rows * cols, rows
+    total = 0
+    if pass_ in ("forward", "forward_backward"):
+        total += fwd[0] * e + fwd[1] * r
+    if pass_ in ("backward", "forward_backward"):
+        total += bwd[0] * e + bwd[1] * r
+    return total * itemsize
+
+
+# --------------------------------------------------------------------------- torch formulas
+
+
+def _torch_forward(op: str) -> Callable:
+    """The reference forward of ``op`` as a function of its tensor args (eps explicit)."""
+    return {
+        "normal_rsample": lambda mu, logvar, eps: ref.normal_rsample(mu, logvar, eps, None),
+        "normal_kl_std": ref.normal_kl_std,
+        "normal_rsample_kl": lambda mu, logvar, eps: ref.normal_rsample_kl(mu, logvar, eps, None),
+        "normal_log_prob": ref.normal_log_prob,
+        "bernoulli_log_prob": ref.bernoulli_log_prob,
+    }[op]
+
+
+def _torch_backward(op: str) -> Callable:
+    """Analytic backward formulas in torch: (upstream grads, inputs) -> grads of BYTE_MODEL's grad args."""
+
+    def rsample(dz, mu, logvar, eps):
+        return dz, 0.5 * dz * torch.exp(0.5 * logvar) * eps
+
+    def kl(dkl, mu, logvar):
+        g = dkl.unsqueeze(-1)
+        return g * mu, 0.5 * g * (torch.exp(logvar) - 1.0)
+
+    def rsample_kl(dz, dkl, mu, logvar, eps):
+        g = dkl.unsqueeze(-1)
+        s = torch.exp(0.5 * logvar)
+        return dz + g * mu, 0.5 * dz * s * eps + 0.5 * g * (s * s - 1.0)
+
+    def normal_lp(g, x, mu, logvar):
+        g = g.unsqueeze(-1)
+        d = x - mu
+        q = d * torch.exp(-logvar)
+        return -g * q, g * q, -0.5 * g * (1.0 - d * q)
+
+    def bern_lp(g, x, logits):
+        return (g.unsqueeze(-1) * (x - torch.sigmoid(logits)),)
+
+    return {
+        "normal_rsample": rsample,
+        "normal_kl_std": kl,
+        "normal_rsample_kl": rsample_kl,
+        "normal_log_prob": normal_lp,
+        "bernoulli_log_prob": bern_lp,
+    }[op]
+
+
+# --------------------------------------------------------------------------- numba launchers (preallocated)
+
+
+def _numba_calls(op: str, inputs: dict, ups: list, dtype):
+    """(forward, backward) closures running the numba launchers on preallocated outputs."""
+    from kernels.numba_cpu import gaussian as G
+    from kernels.numba_cpu import logprob as L
+
+    mu, lv = inputs.get("mu"), inputs.get("logvar")
+    like = next(iter(inputs.values()))
+    shape = like.shape
+    full = lambda: torch.empty(shape, dtype=dtype)  # noqa: E731
+    rows_ = lambda: torch.empty(shape[:-1], dtype=dtype)  # noqa: E731
+    if op in ("normal_rsample", "normal_kl_std", "normal_rsample_kl", "normal_rsample_kl_noise"):
+        eps = inputs.get("eps")
+        seed = 1 if op.endswith("_noise") else None
+        want_z = op != "normal_kl_std"
+        want_kl = op != "normal_rsample"
+        z, kl = (full() if want_z else None), (rows_() if want_kl else None)
+        dz = ups[0] if want_z else None
+        dkl = ups[-1] if want_kl else None
+        gout = (None if op == "normal_rsample" else full(), full(), None)
+        fwd = lambda: G.forward(mu, lv, eps, seed, want_z, want_kl, z_out=z, kl_out=kl)  # noqa: E731
+        bwd = lambda: G.backward(dz, dkl, mu, lv, eps, seed, op != "normal_rsample", True, False, out=gout)  # noqa: E731
+        return fwd, bwd
+    if op == "normal_log_prob":
+        x = inputs["x"]
+        out, gout = rows_(), (full(), full(), full())
+        fwd = lambda: L.normal_forward(x, mu, lv, out=out)  # noqa: E731
+        bwd = lambda: L.normal_backward(ups[0], x, mu, lv, True, True, True, out=gout)  # noqa: E731
+        return fwd, bwd
+    if op == "bernoulli_log_prob":
+        x, logits = inputs["x"], inputs["logits"]
+        out, gout = rows_(), (None, full())
+        fwd = lambda: L.bernoulli_forward(x, logits, out=out)  # noqa: E731
+        bwd = lambda: L.bernoulli_backward(ups[0], x, logits, False, True, out=gout)  # noqa: E731
+        return fwd, bwd
+    raise ValueError(f"op must be one of {list(BYTE_MODEL)}, got {op!r}")
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _time(fn: Callable, repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _quantile(ts: Sequence[float], q: float) -> float:
+    s = sorted(ts)
+    pos = q * (len(s) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _make_inputs(op: str, rows: int, cols: int, dtype, seed: int) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    args, grad_args, _, _ = BYTE_MODEL[op]
+    out = {}
+    for name in args:
+        if name == "logvar":
+            t = torch.rand(rows, cols, generator=gen) * 4 - 2
+        elif name == "x" and op == "bernoulli_log_prob":
+            t = torch.rand(rows, cols, generator=gen)
+        elif name == "logits":
+            t = 3 * torch.randn(rows, cols, generator=gen)
+        else:
+            t = torch.randn(rows, cols, generator=gen)
+        out[name] = t.to(dtype)
+    return out
+
+
+def _upstream(op: str, rows: int, cols: int, dtype, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed + 1)
+    if op in ("normal_rsample",):
+        shapes = [(rows, cols)]
+    elif op in ("normal_rsample_kl", "normal_rsample_kl_noise"):
+        shapes = [(rows, cols), (rows,)]
+    else:
+        shapes = [(rows,)]
+    return [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+
+
+def _public_call(op: str, backend: str | None, compiled: dict):
+    """Function of the op's tensor args through the public API (or the compiled reference)."""
+    if backend == "torch_compile":
+        key = op
+        if key not in compiled:
+            compiled[key] = torch.compile(_torch_forward(op), dynamic=False)
+        return compiled[key]
+    if op == "normal_rsample_kl_noise":
+        return lambda mu, logvar: kernels.normal_rsample_kl(mu, logvar, seed=1, backend=backend)
+    return lambda *a: getattr(kernels, op)(*a, backend=backend)
+
+
+def kernel_speed(
+    sizes: Sequence[Sequence[int]] = DEFAULT_SIZES,
+    ops: Sequence[str] = DEFAULT_OPS,
+    backends: Sequence[str] = BACKENDS,
+    dtype: torch.dtype = torch.float32,
+    passes: Sequence[str] = ("forward", "forward_backward"),
+    repeats: int = 20,
+    compile_warmup: bool = True,
+    *,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Time kernel ops per backend and size; rows in the results schema.
+
+    Args:
+        sizes: ``[(R, D), ...]`` input shapes (R rows of D elements).
+        ops: ops from :data:`DEFAULT_OPS` and/or :data:`NOISE_OPS`.
+        backends: any of ``"torch"`` (eager reference), ``"torch_compile"``
+            (``torch.compile`` of the reference formulas), ``"numba"``, or another
+            registered backend that runs on CPU (timed through the public API);
+            unavailable ones are skipped with a warning. A ``"copy"`` row per
+            size is always added as the bandwidth reference.
+        dtype: float dtype of every tensor.
+        passes: any of ``"forward"``, ``"backward"``, ``"forward_backward"``.
+        repeats: timed calls per configuration (after 2 warm-up calls).
+        compile_warmup: compile ``torch.compile`` functions (forward and, for
+            backward passes, the backward graph) before timing; without it the
+            first call's ~10 s compile lands in the warm-up calls anyway, as
+            warm-up is never timed.
+        seed: seed of the random inputs.
+
+    Returns:
+        DataFrame with the columns of :class:`bench.results.Result`; ``op`` is
+        ``"<op>:<pass>"`` (``"copy"`` for the copy rows); ``metric`` ``"ms"`` (value = median, p20/p50/p80), ``"GB/s"`` (byte
+        model / median time), for numba forward also ``"ms_api"``, and for the
+        noise ops ``"ns_per_element"``. ``config`` holds op, backend, size,
+        dtype, pass, repeats, threads, bytes and whether outputs were preallocated.
+    """
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    bad = [p for p in passes if p not in PASSES]
+    if bad:
+        raise ValueError(f"passes must be a subset of {PASSES}, got {list(passes)}")
+    bad = [o for o in ops if o not in BYTE_MODEL]
+    if bad:
+        raise ValueError(f"ops must be a subset of {list(BYTE_MODEL)}, got {list(ops)}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sizes = [tuple(int(v) for v in s) for s in sizes]
+    if any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise ValueError(f"sizes must be (rows, cols) pairs of positive ints, got {sizes}")
+    usable = []
+    for b in backends:
+        if b in ("torch", "torch_compile", "copy"):
+            usable.append(b)
+        elif b in kernels.registry.names() and kernels.registry.unavailable_reason(b, "cpu") is None:
+            usable.append(b)
+        else:
+            why = kernels.registry.unavailable_reason(b, "cpu") if b in kernels.registry.names() else "not a backend"
+            warnings.warn(f"kernel_speed: skipping backend {b!r}: {why}", stacklevel=2)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    threads = {"torch_threads": torch.get_num_threads()}
+    try:
+        import numba
+
+        threads["numba_threads"] = numba.get_num_threads()
+    except ImportError:  # pragma: no cover
+        pass
+    rows_out = []
+    compiled: dict = {}
+
+    def emit(op, backend, size, pass_, metric, ts=None, value=None, unit="", nbytes=0, prealloc=False):
+        cfg = {
+            "benchmark": "speed",
+            "problem": "kernel",
+            "op": op,
+            "backend": backend,
+            "size": f"{size[0]}x{size[1]}",
+            "dtype": str(dtype).replace("torch.", ""),
+            "pass": pass_,
+            "repeats": repeats,
+            "bytes": nbytes,
+            "preallocated": prealloc,
+            "seed": seed,
+            **threads,
+        }
+        q = {}
+        if ts is not None and metric == "ms":
+            q = {k: _quantile(ts, p) * 1e3 for k, p in (("p20", 0.2), ("p50", 0.5), ("p80", 0.8))}
+            value = q["p50"]
+        elif ts is not None and metric == "GB/s":
+            q = {k: nbytes / _quantile(ts, p) / 1e9 for k, p in (("p20", 0.8), ("p50", 0.5), ("p80", 0.2))}
+            value = q["p50"]
+        rows_out.append(
+            make_result(
+                cfg,
+                benchmark="speed",
+                problem="kernel",
+                backend=backend,
+                op=f"{op}:{pass_}" if op != "copy" else "copy",
+                size=cfg["size"],
+                metric=metric,
+                unit=unit,
+                value=float(value),
+                seed=seed,
+                **q,
+            )
+        )
+
+    for size in sizes:
+        R, D = size
+        # the same-run bandwidth reference
+        src = torch.randn(R, D).to(dtype)
+        dst = torch.empty_like(src)
+        ts = _time(lambda d=dst, s=src: d.copy_(s), repeats)
+        nb = 2 * R * D * itemsize
+        emit("copy", "copy", size, "copy", "ms", ts, unit="ms", nbytes=nb, prealloc=True)
+        emit("copy", "copy", size, "copy", "GB/s", ts, unit="GB/s", nbytes=nb, prealloc=True)
+        for op in ops:
+            inputs = _make_inputs(op, R, D, dtype, seed)
+            ups = _upstream(op, R, D, dtype, seed)
+            grad_names = BYTE_MODEL[op][1]
+            for backend in usable:
+                if backend == "copy":
+                    continue
+                if op == "normal_noise":
+                    if backend == "torch_compile" or "forward" not in passes:
+                        continue
+                    be = "torch" if backend == "torch" else backend
+                    fn = lambda be=be, shape=size: kernels.normal_noise(shape, seed=1, dtype=dtype, backend=be)  # noqa: E731
+                    ts = _time(fn, repeats)
+                    nb = op_bytes(op, R, D, itemsize, "forward")
+                    emit(op, backend, size, "forward", "ms", ts, unit="ms", nbytes=nb)
+                    emit(op, backend, size, "forward", "GB/s", ts, unit="GB/s", nbytes=nb)
+                    emit(op, backend, size, "forward", "ns_per_element", value=_quantile(ts, 0.5) / (R * D) * 1e9)
+                    continue
+                if op == "normal_rsample_kl_noise" and backend == "torch_compile":
+                    continue  # the compiled reference has no in-kernel noise
+                call = _public_call(op, backend, compiled)
+                names = list(inputs)
+                args = tuple(inputs.values())
+                for pass_ in passes:
+                    nb = op_bytes(op, R, D, itemsize, pass_)
+                    if pass_ == "forward":
+                        if backend == "numba":
+                            fwd, _ = _numba_calls(op, inputs, ups, dtype)
+                            ts = _time(fwd, repeats)
+                            emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb, prealloc=True)
+                            emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb, prealloc=True)
+                            ts_api = _time(lambda c=call, a=args: c(*a), repeats)
+                            emit(op, backend, size, pass_, "ms_api", value=_quantile(ts_api, 0.5) * 1e3, unit="ms")
+                        else:
+                            if backend == "torch_compile" and compile_warmup:
+                                call(*inputs.values())
+                            ts = _time(lambda c=call, a=args: c(*a), repeats)
+                            emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb)
+                            emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb)
+                        if op.endswith("_noise"):
+                            emit(op, backend, size, pass_, "ns_per_element", value=_quantile(ts, 0.5) / (R * D) * 1e9)
+                    elif pass_ == "backward":
+                        if backend not in BACKENDS or (op.endswith("_noise") and backend != "numba"):
+                            continue  # a standalone backward exists for numba and the torch formulas
+                        if backend == "numba":
+                            _, bwd = _numba_calls(op, inputs, ups, dtype)
+                            prealloc = True
+                        else:
+                            formula = _torch_backward(op)
+                            if backend == "torch_compile":
+                                key = ("bwd", op)
+                                if key not in compiled:
+                                    compiled[key] = torch.compile(formula, dynamic=False)
+                                formula = compiled[key]
+                            vals = list(inputs.values())
+                            bwd = lambda f=formula, v=vals, u=ups: f(*u, *v)  # noqa: E731
+                            prealloc = False
+                        if backend == "torch_compile" and compile_warmup:
+                            bwd()
+                        ts = _time(bwd, repeats)
+                        emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb, prealloc=prealloc)
+                        emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb, prealloc=prealloc)
+                    else:  # forward_backward through autograd
+                        leaves = {n: t.detach().clone().requires_grad_(n in grad_names) for n, t in inputs.items()}
+                        wrt = [leaves[n] for n in names if n in grad_names]
+
+                        def step(c=call, lv=leaves, wrt=wrt, u=ups):
+                            outs = c(*lv.values())
+                            outs = outs if isinstance(outs, tuple) else (outs,)
+                            torch.autograd.grad(outs, wrt, u[: len(outs)])
+
+                        if backend == "torch_compile" and compile_warmup:
+                            step()
+                        ts = _time(step, repeats)
+                        emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb)
+                        emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb)
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows_out])
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (op, size, pass): median ms per backend, copy GB/s and the target ratios.
+
+    Columns: ``ms[<backend>]`` for each backend, ``copy_GBps``, ``numba_GBps``,
+    ``numba_frac_of_copy`` (numba GB/s over copy GB/s), ``speedup_vs_torch_compile``
+    and ``speedup_vs_torch`` (their median time over numba's).
+    """
+    df = df[df["benchmark"] == "speed"]
+    ms = df[df["metric"] == "ms"]
+    gbps = df[df["metric"] == "GB/s"]
+    copy = gbps[gbps["backend"] == "copy"].set_index("size")["value"]
+    out = []
+    for (op, size), grp in ms[ms["backend"] != "copy"].groupby(["op", "size"], sort=False):
+        row = {"op": op.split(":")[0], "pass": op.split(":")[1], "size": size}
+        for _, r in grp.iterrows():
+            row[f"ms[{r['backend']}]"] = r["value"]
+        bw = gbps[(gbps["op"] == op) & (gbps["size"] == size)].set_index("backend")["value"]
+        row["copy_GBps"] = copy.get(size, math.nan)
+        if "numba" in bw:
+            row["numba_GBps"] = bw["numba"]
+            row["numba_frac_of_copy"] = bw["numba"] / row["copy_GBps"]
+            for base in ("torch_compile", "torch"):
+                if f"ms[{base}]" in row:
+                    row[f"speedup_vs_{base}"] = row[f"ms[{base}]"] / row["ms[numba]"]
+        out.append(row)
+    return pd.DataFrame(out)
