@@ -225,6 +225,10 @@ def build_report(
     bj = rt.load_benchmark_json(benchmark_json) if benchmark_json else pd.DataFrame()
     out = this.path
     fig_dir = out / FIGURES_DIR
+    # figures of an earlier report of this run (e.g. before --resume added configurations) would be stale
+    if fig_dir.is_dir():
+        for stale in [*fig_dir.glob("*.png"), *fig_dir.glob("*.svg")]:
+            stale.unlink()
     tab_dir = out / TABLES_DIR
     tab_dir.mkdir(parents=True, exist_ok=True)
 

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
 
 from bench.report_tables import (  # noqa: E402
     COMPILE_BACKEND,
@@ -135,8 +136,11 @@ def _unit_of(d: pd.DataFrame) -> str:
 
 
 def _palette(keys: Sequence) -> dict:
+    """Distinct colours: seaborn's colorblind palette up to 10 keys, tab20 up to 20, then husl."""
     keys = list(keys)
-    return dict(zip(keys, sns.color_palette("colorblind", max(len(keys), 1)), strict=False))
+    n = max(len(keys), 1)
+    name = "colorblind" if n <= 10 else "tab20" if n <= 20 else "husl"
+    return dict(zip(keys, sns.color_palette(name, n), strict=False))
 
 
 def _mode(series: pd.Series):
@@ -235,11 +239,9 @@ def _variance_points(
     if d.empty:
         return d, ""
     notes = []
-    ns = _mode(d["num_samples"])
-    if ns is not None and d["num_samples"].nunique() > 1:
-        d = d[d["num_samples"] == ns]
-    if ns is not None:
-        notes.append(f"S = {int(ns)} samples per estimate")
+    d, ns_note = _one_num_samples(d)
+    if ns_note:
+        notes.append(ns_note)
     if fix_backend:
         backends = sorted(d["backend"].unique())
         ref = EAGER_BACKEND if EAGER_BACKEND in backends else backends[0]
@@ -257,6 +259,22 @@ def _variance_points(
         .reset_index()
     )
     return g, "; ".join(notes)
+
+
+def _one_num_samples(d: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Keep one sample count S per estimator: the run's most common S where the estimator
+    has it, else its smallest (e.g. leave-one-out needs S >= 2), marked in the label."""
+    ns = _mode(d["num_samples"])
+    if ns is None:
+        return d, ""
+    keep = []
+    for label, g in d.groupby("label", sort=False):
+        s_here = ns if (g["num_samples"] == ns).any() else g["num_samples"].min()
+        g = g[g["num_samples"] == s_here]
+        if s_here != ns:
+            g = g.assign(label=f"{label} (S={int(s_here)})")
+        keep.append(g)
+    return pd.concat(keep), f"S = {int(ns)} samples per estimate unless the label says otherwise"
 
 
 def _variance_grid(
@@ -361,7 +379,7 @@ def variance_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: 
 
 def _variance_sweep(df, runs, out_dir, svg, *, x: str) -> FigureFile | None:
     d = df[(df["benchmark"] == "variance") & (df["metric"] == "total_variance")]
-    if d.empty or d[x].nunique() < 2:
+    if d.empty or d.groupby("label")[x].nunique().max() < 2:
         return None
     notes = []
     if x == "num_samples":
@@ -374,17 +392,22 @@ def _variance_sweep(df, runs, out_dir, svg, *, x: str) -> FigureFile | None:
             "samples per estimate",
         )
     else:
-        ns = _mode(d["num_samples"])
-        if ns is not None:
-            d = d[d["num_samples"] == ns]
-            notes.append(f"S = {int(ns)} samples per estimate")
+        d, ns_note = _one_num_samples(d)
+        if ns_note:
+            notes.append(ns_note)
         name, title, xlabel = "variance_over_training", "Gradient variance over training", "training step"
     backends = sorted(d["backend"].unique())
     ref = EAGER_BACKEND if EAGER_BACKEND in backends else backends[0]
     d = d[d["backend"] == ref].rename(columns={"ci_low": "lo", "ci_high": "hi"})
-    if d[x].nunique() < 2:
+    # only estimators measured at two or more points make a line
+    multi = d.groupby("label")[x].transform("nunique") >= 2
+    dropped = sorted(set(d.loc[~multi, "label"]))
+    d = d[multi]
+    if d.empty:
         return None
     notes.append(f"backend {ref}")
+    if dropped:
+        notes.append("measured at one point only (not drawn): " + ", ".join(dropped))
     problems = sorted(d["problem"].unique())
     colors = _palette(sorted(d["label"].unique()))
     canvas = _Canvas(len(problems), title)
@@ -393,6 +416,10 @@ def _variance_sweep(df, runs, out_dir, svg, *, x: str) -> FigureFile | None:
         _lines(ax, sub, x=x, hue="label", runs=runs, colors=colors)
         if x == "num_samples":
             ax.set_xscale("log")
+            ticks = sorted(sub["num_samples"].dropna().unique())
+            if len(ticks) <= 10:
+                ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+                ax.minorticks_off()
         _finish_y(ax, pd.concat([sub["value"], sub["lo"], sub["hi"]]), _ylabel("total_variance", _unit_of(sub)))
         ax.set_xlabel(xlabel)
         ax.set_title(problem)
@@ -487,7 +514,7 @@ def speed_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
             )
             _dotplot(ax, g, x="x", hue="backend", runs=runs, colors=colors)
             _finish_y(ax, g["value"], _ylabel(metric, _unit_of(g)))
-            ax.set_title(f"{metric_spec(metric).label}" + (f" ({size})" if size else ""))
+            ax.set_title(f"{metric_spec(metric).label}" + (f", {size}" if size else ""))
             ax.set_xlabel("estimator")
         _legend(canvas, colors, "backend", runs, lines=False)
         caption = (
@@ -626,6 +653,8 @@ def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
                 )
                 if _use_log(sub["wall"]):
                     ax.set_xscale("log")
+                    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+                    ax.xaxis.set_minor_formatter(NullFormatter())
                 ax.set_xlabel("wall time [s]")
                 ax.set_ylabel(_ylabel(metric, _unit_of(sub)))
                 ax.set_title(problem)

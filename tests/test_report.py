@@ -230,6 +230,8 @@ def test_partial_run_renders_and_lists_missing_configurations(report):
 
 def test_absent_metrics_are_not_drawn(tmp_path):
     run = build_run(tmp_path / "train_only", benchmarks=("train",), images=False)
+    (run / "figures").mkdir()
+    (run / "figures" / "speedup.png").write_bytes(b"stale figure of an earlier report")
     path = build_report(run, formats=("md",), svg=False)
     assert path.name == "report.md" and not (run / "report.html").exists()
     figs = {p.stem for p in (run / "figures").iterdir()}
