@@ -427,3 +427,45 @@ def test_numba_describe_and_availability():
     assert mod.availability("cpu") is None
     text = mod.describe("cpu")
     assert "numba" in text and "threads" in text and "cache" in text
+
+
+# --------------------------------------------------------------------------- float32 accuracy at D = 1024
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_float32_error_at_most_twice_torch(backend, op):
+    """Against a float64 reference, float32 results err at most ~2x torch's own float32 error."""
+    if small_only(backend):
+        pytest.skip(f"{backend} runs small shapes only (TEST_SHAPES_SMALL)")
+    shape = (64, 1024)
+    inputs64 = make_inputs(op, shape, torch.float64, seed=9)
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs32]  # the same values exactly
+    outs64, grads64 = run_op(op, inputs64, "torch")
+    outs_t, grads_t = run_op(op, inputs32, "torch")
+    outs_b, grads_b = run_op(op, inputs32, backend)
+    for got, ours, want in zip(outs_b + grads_b, outs_t + grads_t, outs64 + grads64, strict=True):
+        err_b = (got.double() - want).abs().max().item()
+        err_t = (ours.double() - want).abs().max().item()
+        scale = want.abs().max().item()
+        # 2x torch's error, with a floor of a few float32 ulps of the largest value
+        assert err_b <= 2 * err_t + 4 * torch.finfo(torch.float32).eps * scale, (op, backend, err_b, err_t)
+
+
+# --------------------------------------------------------------------------- numba compile cache location
+
+
+def test_numba_cache_dir_falls_back_to_user_dir(monkeypatch, tmp_path):
+    from kernels.numba_cpu import _cache
+
+    monkeypatch.setattr(_cache.numba.config, "CACHE_DIR", "")
+    monkeypatch.setattr(_cache, "_writable", lambda path: False)  # a read-only install
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    where = _cache.configure()
+    assert where == str(tmp_path / "elbobench" / "numba")
+    assert (tmp_path / "elbobench" / "numba").is_dir()
+    assert _cache.numba.config.CACHE_DIR == where
+    monkeypatch.setattr(_cache.numba.config, "CACHE_DIR", "/somewhere/explicit")
+    assert _cache.configure() == "/somewhere/explicit"  # an explicit NUMBA_CACHE_DIR wins

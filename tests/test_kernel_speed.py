@@ -1,0 +1,70 @@
+"""Fast checks of :func:`bench.kernel_speed.kernel_speed` (schema, byte model, arguments); no speed asserted."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.kernel_speed import BYTE_MODEL, kernel_speed, op_bytes, summary
+from bench.results import FIELDS
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return kernel_speed(
+        sizes=[(8, 16)],
+        ops=["normal_rsample_kl", "bernoulli_log_prob", "normal_noise"],
+        backends=("torch", "numba"),
+        passes=("forward", "backward", "forward_backward"),
+        repeats=2,
+    )
+
+
+def test_rows_follow_the_results_schema(table):
+    assert list(table.columns) == FIELDS
+    assert set(table["benchmark"]) == {"speed"} and set(table["problem"]) == {"kernel"}
+    assert {"copy", "torch", "numba"} == set(table["backend"])
+    assert {"ms", "GB/s", "ms_api", "ns_per_element"} <= set(table["metric"])
+    ms = table[table["metric"] == "ms"]
+    assert (ms["p20"] <= ms["p50"]).all() and (ms["p50"] <= ms["p80"]).all() and (ms["value"] > 0).all()
+
+
+def test_gbps_is_bytes_over_median_time(table):
+    for (backend, op), grp in table.groupby(["backend", "op"]):
+        ms = grp[grp["metric"] == "ms"]["value"]
+        gb = grp[grp["metric"] == "GB/s"]["value"]
+        if ms.empty or gb.empty:
+            continue
+        name, _, pass_ = op.partition(":")
+        nbytes = 2 * 8 * 16 * 4 if op == "copy" else op_bytes(name, 8, 16, 4, pass_)
+        assert math.isclose(gb.iloc[0], nbytes / (ms.iloc[0] / 1e3) / 1e9, rel_tol=1e-9), (backend, op)
+
+
+def test_byte_model_counts_reads_and_writes():
+    # rsample_kl forward reads mu, logvar, eps and writes z ([R, D] each) and kl ([R])
+    assert op_bytes("normal_rsample_kl", 10, 100, 4, "forward") == (4 * 1000 + 10) * 4
+    assert op_bytes("normal_rsample_kl", 10, 100, 4, "forward_backward") == (4 * 1000 + 10 + 6 * 1000 + 10) * 4
+    assert set(BYTE_MODEL) >= {"normal_rsample", "normal_kl_std", "normal_log_prob", "bernoulli_log_prob"}
+
+
+def test_summary_has_ratios(table):
+    s = summary(table)
+    row = s[(s["op"] == "normal_rsample_kl") & (s["pass"] == "forward")].iloc[0]
+    assert row["speedup_vs_torch"] == pytest.approx(row["ms[torch]"] / row["ms[numba]"])
+    assert row["numba_frac_of_copy"] > 0
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="passes"):
+        kernel_speed(sizes=[(4, 4)], passes=("sideways",), repeats=1)
+    with pytest.raises(ValueError, match="ops"):
+        kernel_speed(sizes=[(4, 4)], ops=("softmax",), repeats=1)
+    with pytest.raises(TypeError, match="dtype"):
+        kernel_speed(sizes=[(4, 4)], dtype=torch.int32, repeats=1)
+    with pytest.raises(ValueError, match="sizes"):
+        kernel_speed(sizes=[(4,)], repeats=1)
+    with pytest.warns(UserWarning, match="skipping backend 'nope'"):
+        kernel_speed(sizes=[(4, 4)], ops=("normal_kl_std",), backends=("nope",), passes=("forward",), repeats=1)
