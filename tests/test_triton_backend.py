@@ -248,15 +248,18 @@ def test_gradcheck_float64_subsets(op, grad_of):
 
 
 @needs_triton
-def test_double_backward_raises_instead_of_silently_wrong():
-    """The backward kernels are not differentiable (@once_differentiable): a second
-    derivative raises rather than returning a silently wrong zero."""
-    mu, logvar = make_inputs("normal_kl_std", (2, 3), torch.float64)
-    kl = kernels.normal_kl_std(mu, logvar, backend="triton")
-    up = torch.ones_like(kl, requires_grad=True)
-    (gmu,) = torch.autograd.grad(kl, mu, up, create_graph=True)
+@pytest.mark.parametrize("op", list(OPS))
+def test_double_backward_raises(op):
+    """The backward kernels have no derivatives (``@once_differentiable``): differentiating
+    a first derivative raises instead of returning a wrong value."""
+    inputs = make_inputs(op, (2, 3), torch.float64)
+    params = [t for name, t in zip(OPS[op], inputs, strict=True) if name != "eps"]
+    outs = getattr(kernels, op)(*inputs, backend="triton")
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    ups = [torch.ones_like(o, requires_grad=True) for o in outs]
+    first = torch.autograd.grad(outs, params, ups, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
-        gmu.sum().backward()
+        sum(g.sum() for g in first).backward()
 
 
 @needs_triton
@@ -429,15 +432,23 @@ def test_opcheck_on_gpu():
 
 @pytest.mark.gpu
 @needs_cuda
-def test_torch_compile_traces_the_ops_without_graph_breaks():
-    mu, logvar, x = make_inputs("normal_log_prob", (8, 64), torch.float32)
+@pytest.mark.parametrize("entry", ["public_api", "backend_module"])
+def test_torch_compile_traces_the_ops_without_graph_breaks(entry):
+    """A VAE-like step (fused rsample+KL, Gaussian and Bernoulli log-likelihoods) compiles
+    with fullgraph=True, forward and backward, and matches eager."""
+    mu, logvar, _ = make_inputs("normal_log_prob", (8, 64), torch.float32)
     xb = torch.rand(8, 64, device="cuda")
+    if entry == "public_api":
+        rsample_kl = lambda m, v: kernels.normal_rsample_kl(m, v, seed=3, backend="triton")  # noqa: E731
+        log_prob = lambda x, m, v: kernels.normal_log_prob(x, m, v, backend="triton")  # noqa: E731
+        bern = lambda x, logits: kernels.bernoulli_log_prob(x, logits, backend="triton")  # noqa: E731
+    else:
+        rsample_kl = lambda m, v: tg.normal_rsample_kl(m, v, None, 3)  # noqa: E731
+        log_prob, bern = tg.normal_log_prob, tg.bernoulli_log_prob
 
     def step(mu, logvar):
-        z, kl = kernels.normal_rsample_kl(mu, logvar, seed=3, backend="triton")
-        lq = kernels.normal_log_prob(z, mu, logvar, backend="triton")
-        lp = kernels.bernoulli_log_prob(xb, z, backend="triton")
-        return (lp - kl - lq).sum()
+        z, kl = rsample_kl(mu, logvar)
+        return (bern(xb, z) - kl - log_prob(z, mu, logvar)).sum()
 
     compiled = torch.compile(step, fullgraph=True)
     got = torch.autograd.grad(compiled(mu, logvar), (mu, logvar))

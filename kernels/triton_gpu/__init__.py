@@ -6,7 +6,8 @@ op with :func:`torch.library.triton_op` so :func:`torch.compile` can trace it on
 GPU, and wrapped in a :class:`torch.autograd.Function` with ``setup_context`` and a
 ``vmap`` rule so :mod:`torch.func` works. The formulas are those of
 :mod:`kernels.reference`; noise is ``tl.randn(seed, i)`` at the row-major index
-``i`` of the output, the stream of :mod:`kernels.philox`.
+``i`` of the output (the stream of :mod:`kernels.philox`), computed by a port of
+those steps that the interpreter can run whatever imported triton first.
 
 Compiled or interpreted
 -----------------------
@@ -77,6 +78,7 @@ class _Ops:
 
 _FROZEN: Mode | None = None
 _OPS: _Ops | None = None
+_LOAD_ERROR: str | None = None
 
 
 def _triton_installed() -> bool:
@@ -124,6 +126,8 @@ def availability(device: str) -> str | None:
     m = mode()
     if m.error is not None:
         return m.error
+    if _LOAD_ERROR is not None:
+        return _LOAD_ERROR
     if device == "cpu":
         if not m.interpret:
             return (
@@ -234,3 +238,14 @@ def normal_noise(shape, seed, device, dtype):
     """``tl.randn(seed, i)`` at every row-major index ``i`` of a new ``[*shape]`` tensor."""
     _check_device("normal_noise", device=torch.device(device))
     return _ops().gaussian.normal_noise(shape, seed, device, dtype)
+
+
+# With compiled triton and a GPU, import the kernels now rather than at the first op
+# call: that call may be inside a torch.compile trace, which cannot run imports and
+# environment changes without a graph break. (In the interpreter, lazily: tests and
+# CPU-only tools should not pay for importing torch's Triton integration.)
+if _env_mode().error is None and not _env_mode().interpret and torch.cuda.is_available():
+    try:
+        _ops()
+    except Exception as exc:  # reported by availability(), not raised at import
+        _LOAD_ERROR = f"the triton kernels failed to load: {type(exc).__name__}: {exc}"

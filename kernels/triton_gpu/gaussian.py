@@ -3,8 +3,11 @@
 Math (sigma = exp(logvar / 2), rows of length D; Kingma & Welling 2014, sec. 2.4
 and appendix B):
 
-* ``z = mu + sigma * eps``, ``eps = tl.randn(seed, i)`` at the row-major index ``i``
-  of ``z`` when no ``eps`` is given;
+* ``z = mu + sigma * eps``; when no ``eps`` is given, ``eps`` at the row-major
+  index ``i`` of ``z`` is ``tl.randn(seed, i)`` (drawn by the port
+  :func:`._common.philox_randn`, equal to :mod:`kernels.philox`'s stream). Under
+  ``torch.func.vmap`` the index is taken within one sample, so every sample
+  draws the same noise, as a Python loop over the samples would;
 * ``KL = 0.5 * sum_d (sigma^2 + mu^2 - 1 - logvar)``;
 * backward of the fused op, with upstream ``gz [R, D]`` and ``gkl [R]``::
 
@@ -72,7 +75,14 @@ def _noise(shape: list[int], seed: int, device: torch.device, dtype: torch.dtype
 
 
 def normal_noise(shape, seed: int, device, dtype) -> torch.Tensor:
-    """A new ``[*shape]`` tensor whose element ``i`` (row-major) is ``tl.randn(seed, i)``."""
+    """A new ``[*shape]`` tensor whose element ``i`` (row-major) is ``tl.randn(seed, i)``.
+
+    Args:
+        shape: output shape.
+        seed: Philox key, an int in ``[0, 2**63)``.
+        device: a CUDA device (compiled) or "cpu" (interpreter).
+        dtype: output dtype; the float32 normals are rounded to it.
+    """
     return _noise(list(shape), seed, torch.device(device), dtype)
 
 
@@ -209,7 +219,7 @@ class NormalRsample(torch.autograd.Function):
         ctx.seed, ctx.period = seed, period
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable  # the backward kernels have no derivatives
     def backward(ctx, gz):
         logvar, eps = ctx.saved_tensors
         need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
@@ -351,7 +361,7 @@ class NormalKLStd(torch.autograd.Function):
         ctx.save_for_backward(*inputs)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable  # the backward kernels have no derivatives
     def backward(ctx, gkl):
         mu, logvar = ctx.saved_tensors
         need_mu, need_lv = ctx.needs_input_grad[:2]
@@ -549,7 +559,7 @@ class NormalRsampleKL(torch.autograd.Function):
         ctx.seed, ctx.period = seed, period
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable  # the backward kernels have no derivatives
     def backward(ctx, gz, gkl):
         mu, logvar, eps = ctx.saved_tensors
         need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]

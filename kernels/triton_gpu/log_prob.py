@@ -192,7 +192,7 @@ class NormalLogProb(torch.autograd.Function):
         ctx.save_for_backward(*inputs)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable  # the backward kernels have no derivatives
     def backward(ctx, g):
         x, mu, logvar = ctx.saved_tensors
         need = tuple(ctx.needs_input_grad[:3])
@@ -348,7 +348,7 @@ class BernoulliLogProb(torch.autograd.Function):
         ctx.save_for_backward(*inputs)
 
     @staticmethod
-    @once_differentiable
+    @once_differentiable  # the backward kernels have no derivatives
     def backward(ctx, g):
         x, logits = ctx.saved_tensors
         need = tuple(ctx.needs_input_grad[:2])
