@@ -50,7 +50,8 @@ EXAMPLES = """examples:
   elbobench report reports/quick
   elbobench report reports/new --compare reports/old             # ratio table, regressions > 5% flagged
   elbobench report reports/new --compare reports/old --threshold 0.1
-  elbobench report reports/quick --benchmark-json old.json --benchmark-json new.json
+  elbobench report reports/quick --benchmark-json old.json new.json
+  elbobench report reports/new --compare reports/old --fail-on-regression   # exit 1 on a regression (CI)
   elbobench report reports/quick --format md --no-svg
 
   pytest-benchmark JSON comes from `pytest --benchmark --benchmark-json PATH`;
@@ -133,9 +134,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--benchmark-json",
         metavar="PATH",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
-        help="pytest-benchmark JSON file (repeatable; the first is the baseline of the comparison)",
+        help="pytest-benchmark JSON files (one or more, repeatable; the first is the baseline of the comparison)",
     )
     parser.add_argument(
         "--format", default="html,md", help="comma-separated output formats out of: html, md (default: html,md)"
@@ -147,6 +149,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="relative change beyond which a worse metric is flagged as a regression (default 0.05 = 5%%)",
     )
     parser.add_argument("--no-svg", action="store_true", help="write PNG figures only")
+    parser.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit with status 1 when a comparison flags a regression (for CI)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -166,7 +173,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"elbobench report: error: {exc}", file=sys.stderr)
         return 2
     print(f"report written: {path}")
-    return 0
+    regressions = 0
+    tables = Path(path).parent / TABLES_DIR
+    bj_base = args.benchmark_json[0] if len(args.benchmark_json) > 1 else None
+    for name, what in (("ratio_table.csv", args.compare), ("pytest_benchmark_ratio_table.csv", bj_base)):
+        if what and (tables / name).exists():
+            import pandas as pd
+
+            t = pd.read_csv(tables / name)
+            n = int((t["status"] == "regression").sum())
+            regressions += n
+            print(f"{n} regression(s) beyond {100 * args.threshold:g}% against {what} ({len(t)} shared metrics)")
+    return 1 if args.fail_on_regression and regressions else 0
 
 
 def _parse_formats(text) -> tuple[str, ...]:
@@ -228,6 +246,9 @@ def build_report(
     # figures of an earlier report of this run (e.g. before --resume added configurations) would be stale
     if fig_dir.is_dir():
         for stale in [*fig_dir.glob("*.png"), *fig_dir.glob("*.svg")]:
+            stale.unlink()
+    if (out / TABLES_DIR).is_dir():
+        for stale in (out / TABLES_DIR).glob("*.csv"):
             stale.unlink()
     tab_dir = out / TABLES_DIR
     tab_dir.mkdir(parents=True, exist_ok=True)

@@ -297,6 +297,22 @@ def test_cli_writes_report(tmp_path, capsys):
     assert (run / "report.md").exists() and not list((run / "figures").glob("*.svg"))
 
 
+def test_cli_compare_reports_regressions_and_can_fail(tmp_path, capsys):
+    # ELBO 20% lower (more negative) in the new run: higher is better, so a regression
+    new = build_run(tmp_path / "new", benchmarks=("train",), images=False, scale={"val_elbo": 1.2})
+    old = build_run(tmp_path / "old", benchmarks=("train",), images=False)
+    flags = ["--no-svg", "--format", "md", "--fail-on-regression"]
+    assert cli.main(["report", str(new), "--compare", str(old), *flags]) == 1
+    out = capsys.readouterr().out
+    # train and validation ELBO (the fixture's train ELBO follows the validation one) x 2 estimators x 2 backends
+    assert re.search(r"^8 regression\(s\) beyond 5% against .*old \(32 shared metrics\)", out, re.M), out
+    table = pd.read_csv(new / "tables" / "ratio_table.csv")
+    assert set(table.loc[table["status"] == "regression", "metric"]) == {"train_elbo", "val_elbo"}
+    assert cli.main(["report", str(old), "--compare", str(old), *flags]) == 0
+    assert "0 regression(s)" in capsys.readouterr().out
+    assert not (old / "tables" / "pytest_benchmark_ratio_table.csv").exists()
+
+
 # --------------------------------------------------------------------------- image arrays
 def test_image_grid_arrays_round_trip_and_validation(tmp_path):
     rng = np.random.default_rng(1)
