@@ -1,7 +1,8 @@
 """Shared pieces of the triton kernels: device helpers, launch shapes, vmap folding.
 
-Imported only by :func:`kernels.triton_gpu._ops`, after ``TRITON_INTERPRET`` has
-been settled, because ``@triton.jit`` reads it when it decorates.
+Importing this module first settles the backend's mode (``_freeze``), so that
+``TRITON_INTERPRET`` is in the environment before the first ``@triton.jit`` here
+decorates a kernel (it reads the variable at that moment).
 
 Layout convention of every kernel: an input ``[..., D]`` is viewed as ``[R, D]``
 contiguous rows (``R`` = product of the leading dims). Row-reducing kernels run
