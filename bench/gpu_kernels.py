@@ -163,6 +163,10 @@ def _op_fn(op: str, impl: str, compile_dynamic: bool) -> Callable:
         seeded = {"normal_rsample": tg.normal_rsample, "normal_rsample_kl": tg.normal_rsample_kl}[op]
         fn = lambda mu, logvar, eps: seeded(mu, logvar, None, 1234)  # noqa: E731
     if impl == "torch_compile":
+        # Dynamo caches compiled code per code object: the same lambda compiled for many
+        # sizes (and with and without grad) would pass the recompile limit and silently
+        # run eagerly. A reset per (op, size) keeps every measurement compiled.
+        torch._dynamo.reset()
         fn = torch.compile(fn, dynamic=compile_dynamic)
     return fn
 
