@@ -165,8 +165,10 @@ def _op_fn(op: str, impl: str, compile_dynamic: bool) -> Callable:
     if impl == "torch_compile":
         # Dynamo caches compiled code per code object: the same lambda compiled for many
         # sizes (and with and without grad) would pass the recompile limit and silently
-        # run eagerly. A reset per (op, size) keeps every measurement compiled.
-        torch._dynamo.reset()
+        # run eagerly. A reset per (op, size) keeps every static measurement compiled;
+        # dynamic=True needs no recompiles across sizes.
+        if not compile_dynamic:
+            torch._dynamo.reset()
         fn = torch.compile(fn, dynamic=compile_dynamic)
     return fn
 
