@@ -241,6 +241,9 @@ def build_report(
         this.results["run"], other.results["run"] = this.name, other.name
         runs = [this.name, other.name]
     bj = rt.load_benchmark_json(benchmark_json) if benchmark_json else pd.DataFrame()
+    # every check that can fail on bad input runs before anything is written
+    compare_table = rt.compare_runs(this, other, threshold=threshold) if other is not None else pd.DataFrame()
+    bj_table = rt.compare_benchmark_json(bj, threshold=threshold) if len(bj) else pd.DataFrame()
     out = this.path
     fig_dir = out / FIGURES_DIR
     # figures of an earlier report of this run (e.g. before --resume added configurations) would be stale
@@ -253,12 +256,9 @@ def build_report(
     tab_dir = out / TABLES_DIR
     tab_dir.mkdir(parents=True, exist_ok=True)
 
-    compare_table = rt.compare_runs(this, other, threshold=threshold) if other is not None else pd.DataFrame()
-    bj_table = rt.compare_benchmark_json(bj, threshold=threshold) if len(bj) else pd.DataFrame()
-
     rf.set_style()
     df = pd.concat([this.results, other.results]) if other is not None else this.results
-    sections: list[tuple[str, str, list, list]] = []  # (key, heading, figures, [(title, table, caption)])
+    sections: list[tuple[str, str, list, list]] = []  # (key, heading, figures, [(title, table, caption, csv)])
     prov = rt.provenance_line(this) + (f". Compared with: {rt.provenance_line(other)}" if other is not None else "")
 
     vt, st, ct = rt.variance_table(this.results), rt.speed_table(this.results), rt.convergence_table(this.results)
