@@ -99,6 +99,24 @@ def test_matches_reference(backend, op, shape, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", list(OPS))
+def test_parallel_path_matches_reference(backend, op):
+    """A size above the numba serial threshold (float32), so the parallel kernels run too."""
+    if small_only(backend):
+        pytest.skip(f"{backend} runs small shapes only (TEST_SHAPES_SMALL)")
+    shape = (257, 512)
+    if backend == "numba":
+        from kernels.numba_cpu._flags import PARALLEL_MIN_ELEMENTS
+
+        assert shape[0] * shape[1] >= PARALLEL_MIN_ELEMENTS
+    inputs = make_inputs(op, shape, torch.float32, seed=5)
+    outs, grads = run_op(op, inputs, backend)
+    ref_outs, ref_grads = run_op(op, inputs, "torch")
+    assert_close_to_reference(outs, ref_outs, terms=shape[-1], msg=f"{op}[{backend}] forward")
+    assert_close_to_reference(grads, ref_grads, msg=f"{op}[{backend}] backward")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", list(OPS))
 def test_broadcasting_params_against_samples(backend, op):
     """mu/logvar/logits [B, D] against x/eps [S, B, D]: result [S, B], grads summed over S."""
     S, B, D = 3, 4, 6

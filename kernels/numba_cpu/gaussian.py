@@ -303,18 +303,21 @@ class KLStd(torch.autograd.Function):
 
 
 def normal_rsample(mu, logvar, eps, seed):
+    """``z = mu + exp(logvar / 2) * eps`` for ``[..., D]`` inputs (eps None: Philox stream of seed)."""
     if needs_autograd(mu, logvar, eps):
         return Rsample.apply(mu, logvar, eps, seed)
     return forward(mu, logvar, eps, seed, True, False)[0]
 
 
 def normal_kl_std(mu, logvar):
+    """``[...]`` KL of ``N(mu, diag exp(logvar))`` to ``N(0, I)`` for ``[..., D]`` inputs."""
     if needs_autograd(mu, logvar):
         return KLStd.apply(mu, logvar)
     return forward(mu, logvar, None, None, False, True)[1]
 
 
 def normal_rsample_kl(mu, logvar, eps, seed):
+    """``(z [..., D], kl [...])`` in one pass over ``[..., D]`` inputs."""
     if needs_autograd(mu, logvar, eps):
         return RsampleKL.apply(mu, logvar, eps, seed)
     return forward(mu, logvar, eps, seed, True, True)

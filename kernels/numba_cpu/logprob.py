@@ -310,12 +310,14 @@ class BernoulliLogProb(torch.autograd.Function):
 
 
 def normal_log_prob(x, mu, logvar):
+    """``[...]`` diagonal Gaussian log density of ``[..., D]`` x under (mu, logvar)."""
     if needs_autograd(x, mu, logvar):
         return NormalLogProb.apply(x, mu, logvar)
     return normal_forward(x, mu, logvar)
 
 
 def bernoulli_log_prob(x, logits):
+    """``[...]`` Bernoulli log-likelihood of ``[..., D]`` x under logits."""
     if needs_autograd(x, logits):
         return BernoulliLogProb.apply(x, logits)
     return bernoulli_forward(x, logits)
