@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("bench.train", "ELBO convergence of full VAE training per estimator and backend"),
     "run": ("bench.run", "variance + speed + train, then a report (the README's main job with --quick)"),
     "report": ("bench.report", "tables and figures (HTML/Markdown) from a run directory"),
+    "gpu-kernels": ("bench.gpu_kernels", "time the triton kernels on a CUDA GPU vs torch eager, torch.compile, copy"),
 }
 
 EPILOG = """examples:
