@@ -41,6 +41,7 @@ QUICK = {
     "variance_points": (0, 100),
     "variance_replicates": 32,
     "variance_batch": 32,
+    "cv_warmup": 50,
     "train_steps": 300,
     "train_batch": 50,
     "is_k": 100,
@@ -94,6 +95,7 @@ def plan(args: argparse.Namespace) -> dict:
         seeds=common["seeds"][:1],
         replicates=replicates,
         batch_size=QUICK["variance_batch"],
+        cv_warmup=QUICK["cv_warmup"],
     )
     train_grid = train_mod.configs(
         datasets=[dataset],

@@ -95,6 +95,7 @@ class TrainConfig:
         data_seed: seeds the dataset split (the same for every configuration).
         split: dataset split counts or fractions (None: the dataset's default).
         hidden, z_dim, activation: model overrides (None: the defaults).
+        output_bias: start the decoder's output bias at the logit of the training mean.
         checkpoint_every: steps between checkpoints (0: none).
     """
 
@@ -120,6 +121,7 @@ class TrainConfig:
     hidden: tuple | None = None
     z_dim: int | None = None
     activation: str | None = None
+    output_bias: bool = True
     checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
@@ -313,7 +315,12 @@ def train(
     if dataset is None:
         dataset = ds_mod.load(cfg.dataset, seed=cfg.data_seed, binarize=cfg.binarize, split=cfg.split)
     model = models_mod.build_model(
-        dataset, hidden=cfg.hidden, z_dim=cfg.z_dim, activation=cfg.activation, seed=cfg.seed
+        dataset,
+        hidden=cfg.hidden,
+        z_dim=cfg.z_dim,
+        activation=cfg.activation,
+        seed=cfg.seed,
+        output_bias=cfg.output_bias,
     )
     est = make_estimator(cfg.estimator, cfg.control_variate)
     optim = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)  # an estimator updates its own parameters
