@@ -21,8 +21,8 @@ Registered datasets (see :func:`available`):
   28x28; parsed once and cached as ``.npy`` under the cache directory
   (``$ELBOBENCH_CACHE`` or ``~/.cache/elbobench``).
 * ``fashion-mnist``: the full Fashion-MNIST (60,000 + 10,000) read from IDX files
-  in ``/usr/share/datasets/fashion-mnist/`` (Debian's ``dataset-fashion-mnist``)
-  or ``data_dir``; the same reader takes the original MNIST IDX files
+  in ``data_dir``, else ``$ELBOBENCH_DATA_DIR``, else ``/usr/share/datasets/fashion-mnist/``
+  (Debian's ``dataset-fashion-mnist``); the same reader takes the original MNIST IDX files
   (``train-images-idx3-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]``).
 * ``ppca``: synthetic data from the linear-Gaussian model of :mod:`bench.ppca`
   (Tipping & Bishop 1999), whose exact log-likelihood is known; real-valued,
@@ -58,6 +58,7 @@ __all__ = [
 
 BINARIZATIONS = ("dynamic", "static", "none")
 DEFAULT_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+DATA_DIR_ENV = "ELBOBENCH_DATA_DIR"  # directory of IDX files when no data_dir is passed (the CLI's --data-dir)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -381,6 +382,8 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
 
 
 def _load_idx_dir(seed: int, data_dir=None, *, dataset: str = "fashion-mnist"):
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_ENV) or None
     directory = Path(data_dir) if data_dir is not None else DEFAULT_FASHION_DIR
     train = _find_idx(directory, "train-images") if directory.is_dir() else None
     test = _find_idx(directory, "t10k-images") if directory.is_dir() else None

@@ -239,5 +239,14 @@ def resolve_common(args: argparse.Namespace, *, default_estimators: str, need_ou
             raise OptionError(f"--out: {str(p)!r} exists and is not a directory")
         if args.resume and not p.is_dir():
             raise OptionError(f"--resume: no run directory at {str(p)!r} to continue")
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir:
+        if not Path(data_dir).is_dir():
+            raise OptionError(f"--data-dir: {data_dir!r} is not a directory")
+        import os
+
+        from bench.datasets import DATA_DIR_ENV
+
+        os.environ[DATA_DIR_ENV] = str(Path(data_dir).resolve())  # read by the IDX loader; lands in the manifest
     out["out"] = Path(args.out) if args.out else (default_out() if need_out else None)
     return out

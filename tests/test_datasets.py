@@ -170,3 +170,12 @@ def test_ppca_is_real_valued_with_true_parameters():
     assert w.shape == (a.dim, int(a.info["k"]))
     # the data are not confined to [0, 1]
     assert float(a.train.min()) < 0.0 or float(a.train.max()) > 1.0
+
+
+def test_fashion_mnist_directory_from_environment(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 256, size=(30, 2, 2), dtype=np.uint8), True)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, size=(5, 2, 2), dtype=np.uint8), True)
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path))
+    ds = datasets.load("fashion-mnist", split=(20, 10, 0))
+    assert ds.train.shape == (20, 4) and ds.test.shape == (5, 4)

@@ -41,6 +41,7 @@ def _numba_runs() -> bool:
         (["speed", "--kernel-sizes", "12by3"], "--kernel-sizes: '12by3' is not ROWSxCOLS"),
         (["run", "--skip", "nothing"], "--skip: unknown part 'nothing'"),
         (["run", "--estimators", "nope"], "--estimators: unknown estimator 'nope'"),
+        (["train", "--data-dir", "/no/such/dir"], "--data-dir: '/no/such/dir' is not a directory"),
     ],
 )
 def test_bad_options_fail_before_any_work(tmp_path, capsys, argv, needle):
