@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from bench.report_tables import (  # noqa: E402
     COMPILE_BACKEND,
@@ -228,6 +228,12 @@ def _lines(ax, d: pd.DataFrame, *, x: str, hue: str, runs: Sequence[str], colors
 def _finish_y(ax, values, ylabel: str) -> None:
     if _use_log(values):
         ax.set_yscale("log")
+        v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+        v = v[np.isfinite(v) & (v > 0)]
+        if v.max() / v.min() < 1000:  # few decades: label 1-2-5 steps, not only the powers of ten
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel(ylabel)
 
 
@@ -618,7 +624,7 @@ def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
         caption = (
             "Mean over seeds"
             + (" with the min-max band across seeds" if multi_seed else " (one seed)")
-            + "; higher is better."
+            + "; higher is better. Backends draw the same noise, so their curves coincide when the kernels agree."
         )
         figs.append(canvas.save(out_dir, "elbo_vs_step", "train", title, caption, svg))
 
@@ -755,7 +761,9 @@ def image_figures(arrays: dict[str, np.ndarray], out_dir: Path, svg: bool = True
     for ax, name in zip(canvas.axes, names, strict=False):
         ax.imshow(tiles[name], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
         shown = min(64, len(arrays[name]))
-        ax.set_title(name if shown == len(arrays[name]) else f"{name} (first {shown} of {len(arrays[name])})")
+        kind, _, label = name.partition("__")
+        pretty = f"{kind} ({label})" if label else kind
+        ax.set_title(pretty if shown == len(arrays[name]) else f"{pretty}, first {shown} of {len(arrays[name])}")
         ax.set_axis_off()
     caption = (
         "Decoder means (pixel probabilities in [0, 1]); originals and reconstructions are drawn in the same order, "
