@@ -8,6 +8,7 @@ the contract tests and the benchmarks iterate over :func:`available`.
 
 from __future__ import annotations
 
+import inspect
 from typing import TypeVar
 
 _REGISTRY: dict[str, type] = {}
@@ -55,4 +56,9 @@ def get(name: str, **options):
     """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"estimator must be one of {available()}, got {name!r}")
-    return _REGISTRY[name](**options)
+    cls = _REGISTRY[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"estimator {name!r} takes the options {accepted}, got unknown {unknown}")
+    return cls(**options)

@@ -46,8 +46,10 @@ def test_unknown_estimator_lists_the_available_ones():
 
 
 def test_bad_options_are_clear_errors():
-    with pytest.raises(TypeError, match="coupling"):
+    with pytest.raises(TypeError, match="'reparam' takes the options \\[\\], got unknown \\['coupling'\\]"):
         estimators.get("reparam", coupling=True)
+    with pytest.raises(TypeError, match="takes the options \\['control_variate', 'decay'.*got unknown \\['cv'\\]"):
+        estimators.get("score_function", cv="leave_one_out")
     with pytest.raises(ValueError, match="control_variate must be one of .*leave_one_out.*got 'loo'"):
         estimators.get("score_function", control_variate="loo")
     with pytest.raises(ValueError, match="decay must be a number in \\[0, 1\\), got 1.5"):
