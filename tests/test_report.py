@@ -383,12 +383,13 @@ window.addEventListener("load", function () {
 
 
 @pytest.mark.browser
-def test_report_opens_in_headless_chromium(report, tmp_path):
+def test_report_opens_in_headless_chromium(request, tmp_path):
     exe = _chromium()
     if exe is None:
         pytest.skip(
             "Chromium is not installed (Debian: apt-get install chromium); the README's test command installs it"
         )
+    report = request.getfixturevalue("report")  # built only when there is a browser to open it
     html = report["html"].read_text(encoding="utf-8")
     # a copy beside the original (same relative links) with a script that marks the DOM once loaded
     page = report["new"] / "report.browser-check.html"
