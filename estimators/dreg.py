@@ -18,7 +18,7 @@ import torch
 
 import kernels
 
-from .base import logmeanexp
+from .base import attach, logmeanexp
 from .iwae import MultiSample, log_weights
 from .registry import register
 
@@ -44,4 +44,4 @@ class DReG(MultiSample):
         encoder = ((w * w).unsqueeze(-1) * g_z * z).sum(-1).sum(0)  # gradient reaches mu, logvar through z only
         surr = decoder + (encoder - encoder.detach())
         value = logmeanexp(lwd, 0)
-        return value + (surr - surr.detach()), value
+        return attach(value, surr), value

@@ -19,7 +19,7 @@ import torch
 
 import kernels
 
-from .base import logmeanexp
+from .base import attach, logmeanexp
 from .iwae import MultiSample, log_weights
 from .registry import register
 
@@ -46,4 +46,4 @@ class VIMCO(MultiSample):
         log_q = kernels.normal_log_prob(z, mu, logvar)
         w = torch.softmax(lwd, 0)
         surr = (signal * log_q).sum(0) + (w * lw).sum(0)
-        return value + (surr - surr.detach()), value
+        return attach(value, surr), value
