@@ -192,3 +192,12 @@ def test_exact_posterior_bound_is_log_px_and_encoder_gradient_zero(posterior_pro
         else:  # zero in expectation only
             assert rows.abs().max() > 1e-6 or name == "reparam"
             assert_unbiased(rows, torch.zeros_like(rows[0]), f"{name}: {pname} at the exact posterior")
+
+
+@pytest.mark.parametrize(("name", "kl"), [("reparam", "analytic"), ("reparam", "mc"), ("iwae", "mc")])
+def test_elbo_value_is_unbiased_for_the_closed_form(problem, name, kl):
+    """The per-example bound returned by vae_loss (S = 1) averages to the closed-form ELBO (Z-bound)."""
+    model, x = problem
+    n = 4000
+    _, values = estimators.get(name).vae_loss(model, x.repeat(n, 1), num_samples=1, kl=kl, seed=5)
+    assert_unbiased(values.reshape(n, B), model.exact_elbo(x).detach(), f"{name} kl={kl}: ELBO value")
