@@ -8,8 +8,9 @@ and reports, over all parameters and split into encoder and decoder:
 
 * ``total_variance`` (and ``encoder_variance``/``decoder_variance``): the trace of the gradient covariance,
   ``tr Var[g] ~= 1/(R-1) sum_r ||g_r - gbar||^2``, with a percentile bootstrap CI
-  over the R rows (``ci_low``/``ci_high``, 95 %; computed from the R x R Gram matrix,
-  so each bootstrap replicate costs O(R^2));
+  over the R rows (``ci_low``/``ci_high``, 95 %; each replicate rescaled by R/(R-1),
+  the bootstrap bias of a sample variance with ties; computed from the R x R Gram
+  matrix, so each bootstrap replicate costs O(R^2));
 * ``snr``: the mean over parameter elements of ``|gbar_i| / sd_i`` (the signal-to-noise
   ratio of Rainforth et al. 2018, "Tighter variational bounds are not necessarily
   better", averaged over elements with ``sd_i > 0``);
@@ -173,7 +174,9 @@ def gradient_stats(
             1, idx, torch.ones(bootstrap, r, dtype=torch.float64)
         )
         quad = ((w @ gram) * w).sum(1)
-        boot = (w @ gram.diagonal() - quad / r) / (r - 1)
+        # the sample variance of a resample with ties is biased by (R-1)/R under the bootstrap
+        # distribution (E*[s*^2] = (R-1)/R s^2); rescale so the replicates centre on the estimate
+        boot = (w @ gram.diagonal() - quad / r) / (r - 1) * (r / (r - 1))
         lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
         out["ci_low"], out["ci_high"] = lo, hi
     if truth is not None:

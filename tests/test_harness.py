@@ -358,3 +358,11 @@ def test_variance_on_ppca_uses_the_exact_gradient():
     assert val["cosine"] > 0.99
     # E[bias_sq] = 0 for an unbiased estimator; its sd is about sqrt(2) tr(Var) / R: z = 4 bound
     assert abs(val["bias_sq"]) < 4 * math.sqrt(2) * val["total_variance"] / 512
+
+
+def test_bootstrap_ci_is_centred_on_the_estimate_for_small_r():
+    # many iid dims make the trace nearly deterministic given the rows, so an uncorrected
+    # bootstrap (biased by (R-1)/R = 0.97 at R = 32) would put the CI entirely below the estimate
+    g = torch.randn(32, 2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    st = V.gradient_stats(g, bootstrap=400, seed=0)
+    assert st["ci_low"] < st["total_variance"] < st["ci_high"]
