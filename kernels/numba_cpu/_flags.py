@@ -14,9 +14,9 @@ FASTMATH = {"reassoc"}
 # kernels, so the suite compiles the parallel variants only where it tests them.
 PARALLEL_MIN_ELEMENTS = 1 << 17
 
-# Row sums of float32 are accumulated in blocks of this many elements in float32
+# Row sums are accumulated in blocks of this many elements in the input dtype
 # (vectorized lanes) and the block sums in float64.
-BLOCK = 64
+BLOCK = 256
 
 # Options of every kernel: ``error_model="numpy"`` makes float division by zero
 # give inf/nan instead of raising, which removes the check-and-raise branch that

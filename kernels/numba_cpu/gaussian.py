@@ -28,7 +28,7 @@ from numba import njit, prange
 from ..philox import randn_at
 from ._common import flat, fold_vmap, keys, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
-from ._math import cst, fexp
+from ._math import cst, fexp, seg
 
 # --------------------------------------------------------------------------- kernels
 
@@ -44,23 +44,27 @@ def _noise(k0, k1, i):
 @njit(**JIT_OPTIONS)
 def _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl):
     # mu, lv: [R*D] mean, log variance; eps: [R*D] noise or None (Philox at index);
-    # z: [R*D] output or None; kl: [R] output or None.
+    # z: [R*D] output or None; kl: [R] output or None. Blocks of BLOCK elements,
+    # each indexed from 0 (see _math.seg), summed in float32 lanes, then float64.
     half = cst(mu, 0.5)
     one = cst(mu, 1.0)
-    base = r * D
+    start = r * D
+    stop = start + D
     acc = 0.0
-    for j0 in range(0, D, BLOCK):
+    for b0 in range(start, stop, BLOCK):
+        b1 = min(b0 + BLOCK, stop)
+        m_, v_, e_, z_ = seg(mu, b0, b1), seg(lv, b0, b1), seg(eps, b0, b1), seg(z, b0, b1)
         part = cst(mu, 0.0)
-        for j in range(base + j0, base + min(j0 + BLOCK, D)):
-            m = mu[j]
-            v = lv[j]
+        for j in range(b1 - b0):
+            m = m_[j]
+            v = v_[j]
             s = fexp(v * half)
             if z is not None:
                 if eps is None:
-                    e = cst(mu, _noise(k0, k1, np.uint64(j)))
+                    e = cst(mu, _noise(k0, k1, np.uint64(b0 + j)))
                 else:
-                    e = eps[j]
-                z[j] = m + s * e
+                    e = e_[j]
+                z_[j] = m + s * e
             if kl is not None:
                 part += s * s + m * m - one - v
         acc += np.float64(part)
@@ -83,35 +87,39 @@ def _fwd_parallel(R, D, mu, lv, eps, k0, k1, z, kl):
 @njit(**JIT_OPTIONS)
 def _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
     # dz: [R*D] or None; dkl: [R] or None; mu, lv: [R*D]; eps: [R*D] or None (Philox);
-    # dmu, dlv, deps: [R*D] outputs, each None when not wanted.
+    # dmu, dlv, deps: [R*D] outputs, each None when not wanted. Row segments are
+    # indexed from 0 (see _math.seg).
     half = cst(mu, 0.5)
     one = cst(mu, 1.0)
     g = cst(mu, 0.0)
     if dkl is not None:
         g = dkl[r]
-    base = r * D
-    for j in range(base, base + D):
-        s = fexp(lv[j] * half)
+    b0 = r * D
+    b1 = b0 + D
+    m_, v_, e_, dz_ = seg(mu, b0, b1), seg(lv, b0, b1), seg(eps, b0, b1), seg(dz, b0, b1)
+    dm_, dl_, de_ = seg(dmu, b0, b1), seg(dlv, b0, b1), seg(deps, b0, b1)
+    for j in range(D):
+        s = fexp(v_[j] * half)
         gm = cst(mu, 0.0)
         gl = cst(mu, 0.0)
         if dz is not None:
-            gz = dz[j]
+            gz = dz_[j]
             if dlv is not None:
                 if eps is None:
-                    e = cst(mu, _noise(k0, k1, np.uint64(j)))
+                    e = cst(mu, _noise(k0, k1, np.uint64(b0 + j)))
                 else:
-                    e = eps[j]
+                    e = e_[j]
                 gl = half * gz * s * e
             if deps is not None:
-                deps[j] = gz * s
+                de_[j] = gz * s
             gm = gz
         if dkl is not None:
-            gm = gm + g * mu[j]
+            gm = gm + g * m_[j]
             gl = gl + half * g * (s * s - one)
         if dmu is not None:
-            dmu[j] = gm
+            dm_[j] = gm
         if dlv is not None:
-            dlv[j] = gl
+            dl_[j] = gl
 
 
 @njit(**JIT_OPTIONS)

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from ._common import flat, fold_vmap, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
-from ._math import cst, fexp, fsigmoid, fsoftplus
+from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -35,15 +35,18 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 @njit(**JIT_OPTIONS)
 def _normal_fwd_row(r, D, x, mu, lv, out):
-    # x, mu, lv: [R*D]; out: [R] log density per row
+    # x, mu, lv: [R*D]; out: [R] log density per row. Blocks indexed from 0 (_math.seg).
     c = cst(x, LOG_2PI)
-    base = r * D
+    start = r * D
+    stop = start + D
     acc = 0.0
-    for j0 in range(0, D, BLOCK):
+    for b0 in range(start, stop, BLOCK):
+        b1 = min(b0 + BLOCK, stop)
+        x_, m_, v_ = seg(x, b0, b1), seg(mu, b0, b1), seg(lv, b0, b1)
         part = cst(x, 0.0)
-        for j in range(base + j0, base + min(j0 + BLOCK, D)):
-            v = lv[j]
-            d = x[j] - mu[j]
+        for j in range(b1 - b0):
+            v = v_[j]
+            d = x_[j] - m_[j]
             part += c + v + d * d * fexp(-v)
         acc += np.float64(part)
     out[r] = cst(out, -0.5 * acc)
@@ -67,17 +70,20 @@ def _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv):
     gr = g[r]
     half = cst(x, 0.5)
     one = cst(x, 1.0)
-    base = r * D
-    for j in range(base, base + D):
-        d = x[j] - mu[j]
-        q = d * fexp(-lv[j])
+    b0 = r * D
+    b1 = b0 + D
+    x_, m_, v_ = seg(x, b0, b1), seg(mu, b0, b1), seg(lv, b0, b1)
+    dx_, dm_, dl_ = seg(dx, b0, b1), seg(dmu, b0, b1), seg(dlv, b0, b1)
+    for j in range(D):
+        d = x_[j] - m_[j]
+        q = d * fexp(-v_[j])
         gq = gr * q
         if dx is not None:
-            dx[j] = -gq
+            dx_[j] = -gq
         if dmu is not None:
-            dmu[j] = gq
+            dm_[j] = gq
         if dlv is not None:
-            dlv[j] = -half * gr * (one - d * q)
+            dl_[j] = -half * gr * (one - d * q)
 
 
 @njit(**JIT_OPTIONS)
@@ -97,14 +103,17 @@ def _normal_bwd_parallel(R, D, g, x, mu, lv, dx, dmu, dlv):
 
 @njit(**JIT_OPTIONS)
 def _bern_fwd_row(r, D, x, logits, out):
-    # x, logits: [R*D]; out: [R]
-    base = r * D
+    # x, logits: [R*D]; out: [R]. Blocks indexed from 0 (_math.seg).
+    start = r * D
+    stop = start + D
     acc = 0.0
-    for j0 in range(0, D, BLOCK):
+    for b0 in range(start, stop, BLOCK):
+        b1 = min(b0 + BLOCK, stop)
+        x_, l_ = seg(x, b0, b1), seg(logits, b0, b1)
         part = cst(x, 0.0)
-        for j in range(base + j0, base + min(j0 + BLOCK, D)):
-            lj = logits[j]
-            part += x[j] * lj - fsoftplus(lj)
+        for j in range(b1 - b0):
+            lj = l_[j]
+            part += x_[j] * lj - fsoftplus(lj)
         acc += np.float64(part)
     out[r] = cst(out, acc)
 
@@ -125,13 +134,15 @@ def _bern_fwd_parallel(R, D, x, logits, out):
 def _bern_bwd_row(r, D, g, x, logits, dx, dl):
     # g: [R]; x, logits: [R*D]; dx, dl: [R*D] outputs or None
     gr = g[r]
-    base = r * D
-    for j in range(base, base + D):
-        lj = logits[j]
+    b0 = r * D
+    b1 = b0 + D
+    x_, l_, dx_, dl_ = seg(x, b0, b1), seg(logits, b0, b1), seg(dx, b0, b1), seg(dl, b0, b1)
+    for j in range(D):
+        lj = l_[j]
         if dx is not None:
-            dx[j] = gr * lj
+            dx_[j] = gr * lj
         if dl is not None:
-            dl[j] = gr * (x[j] - fsigmoid(lj))
+            dl_[j] = gr * (x_[j] - fsigmoid(lj))
 
 
 @njit(**JIT_OPTIONS)
