@@ -15,7 +15,9 @@ one backward kernel their gradients; numba specialises each on which arguments
 are None and prunes the dead branches. When ``eps`` is None the kernels draw
 ``randn_at(k0, k1, i)`` at the row-major index ``i`` of z inline (the shared
 Philox stream of :mod:`kernels.philox`), and the backward draws it again instead
-of storing it. Row sums of float32 accumulate in float32 blocks of
+of storing it (inlined, so the kernel's ``reassoc`` flag may move a value by an
+ulp or so: the stream agrees with :func:`kernels.philox.normal_noise_numba` to
+``kernels.testing.NOISE_ATOL``, as any two builds of it do). Row sums of float32 accumulate in float32 blocks of
 :data:`~._flags.BLOCK` lanes and float64 across blocks.
 """
 
@@ -31,14 +33,6 @@ from ._flags import BLOCK, JIT_OPTIONS
 from ._math import cst, fexp, seg
 
 # --------------------------------------------------------------------------- kernels
-
-
-@njit(cache=True)
-def _noise(k0, k1, i):
-    # randn_at behind a call boundary, compiled without fastmath, so the kernels'
-    # ``reassoc`` flag cannot rewrite the Box-Muller arithmetic. Its float32 log/cos
-    # may still differ from other builds of the stream by an ulp or so (~1e-6).
-    return randn_at(k0, k1, i)
 
 
 @njit(**JIT_OPTIONS)
@@ -61,7 +55,7 @@ def _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl):
             s = fexp(v * half)
             if z is not None:
                 if eps is None:
-                    e = cst(mu, _noise(k0, k1, np.uint64(b0 + j)))
+                    e = cst(mu, randn_at(k0, k1, np.uint64(b0 + j)))
                 else:
                     e = e_[j]
                 z_[j] = m + s * e
@@ -106,7 +100,7 @@ def _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
             gz = dz_[j]
             if dlv is not None:
                 if eps is None:
-                    e = cst(mu, _noise(k0, k1, np.uint64(b0 + j)))
+                    e = cst(mu, randn_at(k0, k1, np.uint64(b0 + j)))
                 else:
                     e = e_[j]
                 gl = half * gz * s * e
