@@ -146,16 +146,19 @@ def normal_noise_numba(shape, seed: int, dtype=torch.float32) -> torch.Tensor:
     """Fill a new CPU tensor of ``shape`` with the shared stream using numba."""
     if not _HAVE_NUMBA:  # pragma: no cover
         raise RuntimeError("numba is not installed")
-    out = torch.empty(tuple(shape), dtype=dtype)
-    if out.numel() == 0:
-        return out
-    flat = out.view(-1).numpy()
-    k0, k1 = split_seed(seed)
-    if flat.shape[0] < _SERIAL_BELOW:
-        _fill_normal_serial(flat, k0, k1)
-    else:
-        _fill_normal_parallel(flat, k0, k1)
-    return out
+    shape = tuple(shape)
+    # Fill a numpy buffer first and wrap it after: under torch.func transforms
+    # torch.empty returns a tensor without storage.
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    flat = np.empty(math.prod(shape), dtype=np_dtype)
+    if flat.size:
+        k0, k1 = split_seed(seed)
+        if flat.shape[0] < _SERIAL_BELOW:
+            _fill_normal_serial(flat, k0, k1)
+        else:
+            _fill_normal_parallel(flat, k0, k1)
+    out = torch.from_numpy(flat).reshape(shape)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 # --------------------------------------------------------------------------- torch
