@@ -347,9 +347,9 @@ def variance_benchmark(
         grid: from :func:`configs`.
         out, resume, writer: where rows go (see :class:`bench.results.ResultsWriter`).
         progress: tqdm bar on stderr.
-        reference_estimates: single-sample estimates averaged into the high-sample
-            reference gradient of an MLP VAE (the mean of ``reference_estimates /
-            64`` estimates of 64 samples each).
+        reference_estimates: samples averaged into the high-sample reference gradient of
+            an MLP VAE (estimates of 64 samples each for the single-sample bounds, of K
+            samples each for the K-sample bounds).
     """
     if writer is None and out is not None:
         writer = ResultsWriter(out, resume=resume)
@@ -414,7 +414,7 @@ def _reference(cfg: VarianceConfig, ctx: dict, dataset, model, x, names, n_estim
     if ref is None:
         est = estimators.get("iwae" if multi else "reparam")
         s = k if multi else 64
-        reps = max(2, n_estimates // 64)
+        reps = max(2, n_estimates // s)  # n_estimates samples in all, whatever K is
         with kernels.use_backend("torch"):
             total, done = None, 0
             chunk = 64
