@@ -30,6 +30,8 @@ from bench import train as train_mod
 from bench import variance as var_mod
 from bench.results import Manifest, ResultsWriter
 
+MULTI_SAMPLE = ("iwae", "dreg", "vimco")
+
 EXAMPLES = """examples:
   elbobench run --quick                                   # the README's main job, < 5 min on 2 cores
   elbobench run --quick --out reports/mine                # choose the run directory
@@ -44,6 +46,7 @@ QUICK = {
     "cv_warmup": 50,
     "train_steps": 300,
     "train_batch": 50,
+    "multi_k": 5,
     "is_k": 100,
     "kernel_sizes": ((256, 64), (4096, 256)),
     "speed_estimators": ("reparam",),
@@ -97,9 +100,8 @@ def plan(args: argparse.Namespace) -> dict:
         batch_size=QUICK["variance_batch"],
         cv_warmup=QUICK["cv_warmup"],
     )
-    train_grid = train_mod.configs(
+    train_kw = dict(
         datasets=[dataset],
-        estimators=train_est,
         control_variates=train_cv,
         backends=common["backends"],
         seeds=common["seeds"],
@@ -109,6 +111,13 @@ def plan(args: argparse.Namespace) -> dict:
         is_k=args.is_k if args.is_k is not None else QUICK["is_k"],
         checkpoint_every=max(1, steps // 3),
     )
+    # the K-sample bounds train with K = multi_k samples (at K = 1 iwae is the ELBO
+    # with a Monte Carlo KL and dreg equals stl); the others with one sample
+    single = [e for e in train_est if e not in MULTI_SAMPLE]
+    multi = [e for e in train_est if e in MULTI_SAMPLE]
+    train_grid = train_mod.configs(estimators=single, **train_kw) if single else []
+    if multi:
+        train_grid += train_mod.configs(estimators=multi, num_samples=QUICK["multi_k"], **train_kw)
     speed_kw = {
         "dataset": dataset,
         "estimators": list(QUICK["speed_estimators"]),
