@@ -417,7 +417,7 @@ def _reference(cfg: VarianceConfig, ctx: dict, dataset, model, x, names, n_estim
         reps = max(2, n_estimates // s)  # n_estimates samples in all, whatever K is
         with kernels.use_backend("torch"):
             total, done = None, 0
-            chunk = 64
+            chunk = 256
             while done < reps:
                 rr = min(chunk, reps - done)
                 g = estimators.per_sample_grads(est, model, x, rr, num_samples=s, seed=10_000 + done)
