@@ -143,6 +143,14 @@ def _configured_name() -> str:
 
 
 def _supports(name: str, device: str, dtype: torch.dtype | None) -> str | None:
+    cache = registry.derived_cache()
+    key = ("supports", name, device, dtype)
+    if key not in cache:
+        cache[key] = _supports_uncached(name, device, dtype)
+    return cache[key]
+
+
+def _supports_uncached(name: str, device: str, dtype: torch.dtype | None) -> str | None:
     reason = registry.unavailable_reason(name, device)
     if reason is None and dtype is not None:
         mod = registry.load(name)
@@ -162,17 +170,22 @@ def resolve_backend(
             ``device``/``dtype`` (the message gives the reason).
     """
     name = _check_name(backend) if backend is not None else _configured_name()
-    dev = torch.device(device).type
+    dev = device.type if isinstance(device, torch.device) else torch.device(device).type
     if name != "auto":
         reason = _supports(name, dev, dtype)
         if reason is not None:
             raise BackendUnavailableError(reason)
         return name
+    cache = registry.derived_cache()
+    key = ("auto", dev, dtype)
+    if key in cache:
+        return cache[key]
     candidates = sorted(registry.names(), key=lambda n: -registry.info(n).auto_priority)
     for cand in candidates:
         if dev == "cpu" and cand == "triton":
             continue  # the interpreter is for tests, never an automatic choice
         if _supports(cand, dev, dtype) is None:
+            cache[key] = cand
             return cand
     raise BackendUnavailableError(f"no backend can run on {dev!r} tensors of dtype {dtype}")
 
@@ -238,8 +251,11 @@ def _check_inputs(op: str, **tensors: torch.Tensor) -> tuple[torch.Size, torch.d
             raise TypeError(f"{op}: {arg} has dtype {t.dtype} but {first} has {dtype}; pass tensors of one dtype")
         if t.device != device:
             raise ValueError(f"{op}: {arg} is on {t.device} but {first} is on {device}; pass tensors on one device")
+    shapes = [t.shape for t in tensors.values()]
+    if all(s == shapes[0] for s in shapes):
+        return shapes[0], dtype, device  # the common case; broadcast_shapes costs ~20 us
     try:
-        shape = torch.broadcast_shapes(*(t.shape for t in tensors.values()))
+        shape = torch.broadcast_shapes(*shapes)
     except RuntimeError:
         got = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
         raise ValueError(

@@ -87,6 +87,18 @@ class BackendInfo:
 
 _REGISTRY: dict[str, BackendInfo] = {}
 _MODULES: dict[str, ModuleType] = {}
+# (name, device type) -> unavailable_reason. Availability cannot change within a
+# process except through register(), which clears this; every op call asks, so
+# the import check and ``availability()`` run once per (backend, device).
+_REASONS: dict[tuple[str, str], str | None] = {}
+# Answers derived from the registry by callers (kernels.resolve_backend), also
+# cleared by register().
+_DERIVED: dict = {}
+
+
+def derived_cache() -> dict:
+    """A dict for answers derived from the registry; :func:`register` empties it."""
+    return _DERIVED
 
 
 def register(info: BackendInfo, *, replace: bool = False) -> BackendInfo:
@@ -97,6 +109,8 @@ def register(info: BackendInfo, *, replace: bool = False) -> BackendInfo:
         raise ValueError(f"backend {info.name!r} is already registered (pass replace=True to override)")
     _REGISTRY[info.name] = info
     _MODULES.pop(info.name, None)
+    _REASONS.clear()
+    _DERIVED.clear()
     return info
 
 
@@ -129,13 +143,25 @@ def load(name: str) -> ModuleType:
 
 
 def unavailable_reason(name: str, device: str | torch.device) -> str | None:
-    """None if backend ``name`` can run on ``device``, else a sentence saying why not."""
-    dev = torch.device(device).type
+    """None if backend ``name`` can run on ``device``, else a sentence saying why not.
+
+    Cached per (backend, device type) until the next :func:`register`.
+    """
+    dev = device if isinstance(device, str) and device in ("cpu", "cuda") else torch.device(device).type
+    cached = _REASONS.get((name, dev), _UNSET)
+    if cached is not _UNSET:
+        return cached
     spec = info(name)
     if dev not in spec.devices:
         return f"backend {name!r} runs on {list(spec.devices)} tensors, not {dev!r}"
     try:
         mod = load(name)
     except BackendUnavailableError as exc:
-        return str(exc)
-    return mod.availability(dev)
+        reason = str(exc)
+    else:
+        reason = mod.availability(dev)
+    _REASONS[(name, dev)] = reason
+    return reason
+
+
+_UNSET = object()

@@ -15,6 +15,7 @@ import numba
 import numpy as np
 import torch
 from torch._C._functorch import is_functorch_wrapped_tensor, peek_interpreter_stack
+from torch._functorch.utils import unwrap_dead_wrappers
 
 from ..philox import _fill_normal_parallel, _fill_normal_serial, split_seed
 from ._flags import PARALLEL_MIN_ELEMENTS
@@ -75,6 +76,22 @@ def needs_autograd(*tensors: torch.Tensor | None) -> bool:
     if peek_interpreter_stack() is not None or any(is_functorch_wrapped_tensor(t) for t in ts):
         return True
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def apply(fn: type[torch.autograd.Function], *args):
+    """``fn.apply(*args)`` without its per-call ``inspect.signature``.
+
+    ``Function.apply`` binds the arguments to ``fn.forward``'s signature (to fill
+    in defaults) before anything else, which costs tens of us a call, several
+    times a training step. Every call here passes all of ``forward``'s arguments
+    positionally, so that binding is the identity; outside ``torch.func``
+    transforms this takes the same path as ``Function.apply`` after it
+    (``_FunctionBase.apply`` on the unwrapped arguments), and under a transform
+    it calls ``fn.apply`` itself.
+    """
+    if torch._C._are_functorch_transforms_active():
+        return fn.apply(*args)
+    return super(torch.autograd.Function, fn).apply(*unwrap_dead_wrappers(args))
 
 
 def fold_vmap(fn, info, in_dims, args, noise_args=None):

@@ -28,7 +28,7 @@ import torch
 from numba import njit, prange
 
 from ..philox import randn_at
-from ._common import flat, fold_vmap, keys, needs_autograd, rows, use_parallel
+from ._common import apply, flat, fold_vmap, keys, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
 from ._math import cst, fexp, seg
 
@@ -227,9 +227,9 @@ def _grads(ctx, dz, dkl):
     need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
     if dkl is None and need_mu:
         # rsample only: dmu = dz exactly, no pass over memory needed.
-        _, dlv, deps = GaussianBackward.apply(dz, None, mu, logvar, eps, ctx.seed, False, need_lv, need_eps)
+        _, dlv, deps = apply(GaussianBackward, dz, None, mu, logvar, eps, ctx.seed, False, need_lv, need_eps)
         return dz, dlv, deps, None
-    dmu, dlv, deps = GaussianBackward.apply(dz, dkl, mu, logvar, eps, ctx.seed, need_mu, need_lv, need_eps)
+    dmu, dlv, deps = apply(GaussianBackward, dz, dkl, mu, logvar, eps, ctx.seed, need_mu, need_lv, need_eps)
     return dmu, dlv, deps, None
 
 
@@ -293,7 +293,7 @@ class KLStd(torch.autograd.Function):
     def backward(ctx, dkl):
         mu, logvar, _ = ctx.saved_tensors
         need_mu, need_lv = ctx.needs_input_grad[:2]
-        dmu, dlv, _ = GaussianBackward.apply(None, dkl, mu, logvar, None, None, need_mu, need_lv, False)
+        dmu, dlv, _ = apply(GaussianBackward, None, dkl, mu, logvar, None, None, need_mu, need_lv, False)
         return dmu, dlv
 
     @staticmethod
@@ -307,19 +307,19 @@ class KLStd(torch.autograd.Function):
 def normal_rsample(mu, logvar, eps, seed):
     """``z = mu + exp(logvar / 2) * eps`` for ``[..., D]`` inputs (eps None: Philox stream of seed)."""
     if needs_autograd(mu, logvar, eps):
-        return Rsample.apply(mu, logvar, eps, seed)
+        return apply(Rsample, mu, logvar, eps, seed)
     return forward(mu, logvar, eps, seed, True, False)[0]
 
 
 def normal_kl_std(mu, logvar):
     """``[...]`` KL of ``N(mu, diag exp(logvar))`` to ``N(0, I)`` for ``[..., D]`` inputs."""
     if needs_autograd(mu, logvar):
-        return KLStd.apply(mu, logvar)
+        return apply(KLStd, mu, logvar)
     return forward(mu, logvar, None, None, False, True)[1]
 
 
 def normal_rsample_kl(mu, logvar, eps, seed):
     """``(z [..., D], kl [...])`` in one pass over ``[..., D]`` inputs."""
     if needs_autograd(mu, logvar, eps):
-        return RsampleKL.apply(mu, logvar, eps, seed)
+        return apply(RsampleKL, mu, logvar, eps, seed)
     return forward(mu, logvar, eps, seed, True, True)

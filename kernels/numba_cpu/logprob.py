@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ._common import flat, fold_vmap, needs_autograd, rows, use_parallel
+from ._common import apply, flat, fold_vmap, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
@@ -269,7 +269,7 @@ class NormalLogProb(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, mu, logvar = ctx.saved_tensors
-        return NormalLogProbBackward.apply(g, x, mu, logvar, *ctx.needs_input_grad[:3])
+        return apply(NormalLogProbBackward, g, x, mu, logvar, *ctx.needs_input_grad[:3])
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -310,7 +310,7 @@ class BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, logits = ctx.saved_tensors
-        return BernoulliLogProbBackward.apply(g, x, logits, *ctx.needs_input_grad[:2])
+        return apply(BernoulliLogProbBackward, g, x, logits, *ctx.needs_input_grad[:2])
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -323,12 +323,12 @@ class BernoulliLogProb(torch.autograd.Function):
 def normal_log_prob(x, mu, logvar):
     """``[...]`` diagonal Gaussian log density of ``[..., D]`` x under (mu, logvar)."""
     if needs_autograd(x, mu, logvar):
-        return NormalLogProb.apply(x, mu, logvar)
+        return apply(NormalLogProb, x, mu, logvar)
     return normal_forward(x, mu, logvar)
 
 
 def bernoulli_log_prob(x, logits):
     """``[...]`` Bernoulli log-likelihood of ``[..., D]`` x under logits."""
     if needs_autograd(x, logits):
-        return BernoulliLogProb.apply(x, logits)
+        return apply(BernoulliLogProb, x, logits)
     return bernoulli_forward(x, logits)
