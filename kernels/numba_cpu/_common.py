@@ -30,7 +30,9 @@ def flat(t: torch.Tensor | None) -> np.ndarray | None:
     t = t.detach()
     if not t.is_contiguous():
         t = t.contiguous()
-    return t.view(-1).numpy()
+    a = t.numpy()
+    a.shape = (a.size,)  # a view, or an error (never a silent copy); ~3 us cheaper than t.view(-1)
+    return a
 
 
 def rows(shape: torch.Size) -> tuple[int, int]:
