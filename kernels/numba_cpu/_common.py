@@ -35,6 +35,14 @@ def flat(t: torch.Tensor | None) -> np.ndarray | None:
     return a
 
 
+_NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+
+def empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.empty(shape, dtype=dtype)`` on CPU, allocated by numpy and wrapped (~3 us cheaper)."""
+    return torch.from_numpy(np.empty(tuple(shape), _NP_DTYPES[dtype]))
+
+
 def rows(shape: torch.Size) -> tuple[int, int]:
     """``(R, D)``: number of rows and row length of a ``[..., D]`` shape."""
     return math.prod(shape[:-1]), shape[-1]

@@ -28,7 +28,7 @@ import torch
 from numba import njit, prange
 
 from ..philox import randn_at
-from ._common import apply, flat, fold_vmap, keys, needs_autograd, rows, use_parallel
+from ._common import apply, empty, flat, fold_vmap, keys, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
 from ._math import cst, fexp, seg
 
@@ -151,9 +151,9 @@ def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None):
     R, D = rows(shape)
     z = kl = None
     if want_z:
-        z = z_out if z_out is not None else torch.empty(shape, dtype=mu.dtype)
+        z = z_out if z_out is not None else empty(shape, mu.dtype)
     if want_kl:
-        kl = kl_out if kl_out is not None else torch.empty(shape[:-1], dtype=mu.dtype)
+        kl = kl_out if kl_out is not None else empty(shape[:-1], mu.dtype)
     n = mu.numel()
     if n == 0:
         if kl is not None:
@@ -185,7 +185,7 @@ def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=
             return None
         if out is not None and out[i] is not None:
             return out[i]
-        return torch.empty(shape, dtype=mu.dtype)
+        return empty(shape, mu.dtype)
 
     dmu, dlv, deps = alloc(need_mu, 0), alloc(need_lv, 1), alloc(need_eps, 2)
     n = mu.numel()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ._common import apply, flat, fold_vmap, needs_autograd, rows, use_parallel
+from ._common import apply, empty, flat, fold_vmap, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
@@ -161,7 +161,7 @@ def _bern_bwd_parallel(R, D, g, x, logits, dx, dl):
 
 
 def _row_out(shape, dtype, out):
-    return out if out is not None else torch.empty(shape[:-1], dtype=dtype)
+    return out if out is not None else empty(shape[:-1], dtype)
 
 
 def normal_forward(x, mu, logvar, *, out=None):
@@ -189,7 +189,7 @@ def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None):
         elif out is not None and out[i] is not None:
             grads.append(out[i])
         else:
-            grads.append(torch.empty(shape, dtype=x.dtype))
+            grads.append(empty(shape, x.dtype))
     n = x.numel()
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
@@ -223,7 +223,7 @@ def bernoulli_backward(g, x, logits, need_x, need_l, *, out=None):
         elif out is not None and out[i] is not None:
             grads.append(out[i])
         else:
-            grads.append(torch.empty(shape, dtype=x.dtype))
+            grads.append(empty(shape, x.dtype))
     n = x.numel()
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
