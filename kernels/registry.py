@@ -101,6 +101,12 @@ def derived_cache() -> dict:
     return _DERIVED
 
 
+def clear_cache() -> None:
+    """Forget cached availability answers (after something changes what a backend can do)."""
+    _REASONS.clear()
+    _DERIVED.clear()
+
+
 def register(info: BackendInfo, *, replace: bool = False) -> BackendInfo:
     """Add a backend to the registry (validated now, imported at first use)."""
     if not isinstance(info, BackendInfo):

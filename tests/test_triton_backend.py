@@ -166,6 +166,7 @@ def test_interpreter_rejects_non_cpu_tensors():
 
 def test_compiled_mode_rejects_cpu_tensors(monkeypatch):
     monkeypatch.setattr(tg, "_FROZEN", tg.Mode(False, None, "test"))
+    kernels.registry.clear_cache()  # availability answers are cached per process
     mu = torch.zeros(2, 3)
     with pytest.raises(BackendUnavailableError, match=r"normal_rsample_kl: mu is on cpu, but compiled triton needs"):
         tg.normal_rsample_kl(mu, mu, None, 0)
@@ -174,6 +175,8 @@ def test_compiled_mode_rejects_cpu_tensors(monkeypatch):
     # through the public API: the registry's availability check names the reason
     with pytest.raises(BackendUnavailableError, match=r"CPU tensors run only in Triton's interpreter"):
         kernels.normal_kl_std(mu, mu, backend="triton")
+    monkeypatch.undo()
+    kernels.registry.clear_cache()
 
 
 # --------------------------------------------------------------------------- forward / backward
