@@ -115,6 +115,11 @@ def make_result(config: Mapping, **values) -> Result:
     )
 
 
+def to_frame(rows: Iterable[Result]) -> pd.DataFrame:
+    """Rows as a DataFrame with the schema's columns (what every benchmark function returns)."""
+    return pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=FIELDS)
+
+
 class ResultsWriter:
     """Append-only writer of ``<out>/results.csv``.
 

@@ -32,7 +32,7 @@ import kernels
 from bench import datasets as ds_mod
 from bench import models as models_mod
 from bench import options as opt
-from bench.results import FIELDS, Manifest, Result, ResultsWriter, make_result
+from bench.results import FIELDS, Manifest, Result, ResultsWriter, make_result, to_frame
 
 __all__ = ["estimator_speed", "kernel_profile", "speed_benchmark", "time_call"]
 
@@ -158,7 +158,7 @@ def estimator_speed(
     Returns:
         The rows as a DataFrame in the results schema.
     """
-    from bench.train import make_estimator, to_frame
+    from bench.train import make_estimator
 
     data = ds_mod.load(dataset, seed=0, binarize="static")
     grid = [(e, b, bs) for e in estimators for bs in batch_sizes for b in backends]

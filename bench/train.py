@@ -48,7 +48,7 @@ import kernels
 from bench import datasets as ds_mod
 from bench import models as models_mod
 from bench import options as opt
-from bench.results import Manifest, Result, ResultsWriter, make_result
+from bench.results import Manifest, Result, ResultsWriter, make_result, to_frame
 
 __all__ = [
     "TrainConfig",
@@ -553,13 +553,6 @@ def train_benchmark(
             writer.append(r)
         rows.extend(r)
     return to_frame(rows)
-
-
-def to_frame(rows: Sequence[Result]) -> pd.DataFrame:
-    """Rows as a DataFrame with the schema's columns."""
-    from bench.results import FIELDS
-
-    return pd.DataFrame([dataclasses.asdict(r) for r in rows], columns=FIELDS)
 
 
 def summary(df: pd.DataFrame) -> str:

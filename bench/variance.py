@@ -54,7 +54,7 @@ import kernels
 from bench import datasets as ds_mod
 from bench import models as models_mod
 from bench import options as opt
-from bench.results import Manifest, Result, ResultsWriter, make_result
+from bench.results import Manifest, Result, ResultsWriter, make_result, to_frame
 
 __all__ = [
     "TOYS",
@@ -371,8 +371,6 @@ def variance_benchmark(
             bar.update(1)
     if bar is not None:
         bar.close()
-    from bench.train import to_frame
-
     return to_frame(rows)
 
 
