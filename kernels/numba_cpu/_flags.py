@@ -1,11 +1,16 @@
 """Compile flags and thresholds shared by the numba kernels.
 
-``FASTMATH`` enables only re-association, which is what LLVM needs to vectorize
-the row sums (a float reduction is otherwise strictly sequential); it keeps NaN
-and inf semantics (no ``nnan``/``ninf``) and does not contract to FMA.
+``FASTMATH`` enables re-association, which is what LLVM needs to vectorize the
+row sums (a float reduction is otherwise strictly sequential), and contraction
+of ``a * b + c`` to FMA, which makes the polynomial ``exp``/``log`` of
+:mod:`._math` about 25% cheaper (measured: 4M float32 exps, 2 threads, 1.43 ms ->
+1.07 ms; fused rsample+KL forward at [4096, 1024] 2.07 -> 1.75 ms). It keeps NaN
+and inf semantics (no ``nnan``/``ninf``). Contraction rounds once where the
+separate ops rounded twice, so results can differ from an uncontracted build by
+an ulp; the accuracy tests of :mod:`._math` and the contract tests hold either way.
 """
 
-FASTMATH = {"reassoc"}
+FASTMATH = {"reassoc", "contract"}
 
 # Below this many elements a kernel runs serially: waking numba's worker threads
 # (tens of us on a busy 2-core machine) costs about what a serial pass over 128k
