@@ -11,7 +11,8 @@ One module per op family, each holding its kernels, launchers and
 * noise comes from :mod:`kernels.philox` (the same stream as every backend).
 
 Inputs arrive validated and broadcast by :mod:`kernels`. Zero-copy between
-torch and numpy; non-contiguous inputs are made contiguous; small inputs run a
+torch and numpy; broadcast and strided inputs are read in place (:mod:`._layout`;
+only layouts it cannot describe are copied); small inputs run a
 serial kernel; when no input requires grad (and no ``torch.func`` transform is
 active) the op calls its kernel directly, without autograd bookkeeping.
 Compiled kernels are cached on disk (see :mod:`._cache`).

@@ -1,10 +1,11 @@
 """Glue shared by the numba ops: zero-copy views, serial/parallel choice, vmap folding.
 
 The public API (:mod:`kernels`) hands every op tensors of one broadcast shape
-``[..., D]``; here they become flat 1-D numpy views of contiguous, detached
-tensors (``Tensor.numpy()`` shares memory, nothing is copied unless the input
-is a non-contiguous or broadcast view, which is made contiguous first). Kernels
-see ``R`` rows of ``D`` elements, row ``r`` at ``[r * D, (r + 1) * D)``.
+``[..., D]``; here they become flat 1-D numpy views of detached tensors
+(``Tensor.numpy()`` shares memory). Kernels see ``R`` rows of ``D`` elements:
+outputs are contiguous, row ``r`` at ``[r * D, (r + 1) * D)``; inputs are read in
+place through a row layout (:mod:`._layout`), so broadcast views such as mu
+``[B, D]`` expanded against ``[S, B, D]`` are not copied.
 """
 
 from __future__ import annotations

@@ -30,32 +30,35 @@ from numba import njit, prange
 from ..philox import randn_at
 from ._common import apply, empty, flat, fold_vmap, keys, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
+from ._layout import row, strided
 from ._math import cst, fexp, seg
 
 # --------------------------------------------------------------------------- kernels
 
 
 @njit(**JIT_OPTIONS)
-def _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl):
-    # mu, lv: [R*D] mean, log variance; eps: [R*D] noise or None (Philox at index);
-    # z: [R*D] output or None; kl: [R] output or None. Blocks of BLOCK elements,
-    # each indexed from 0 (see _math.seg), summed in float32 lanes, then float64.
+def _fwd_row(r, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+    # mu, lv: mean, log variance, read as rows of their layouts (see _layout);
+    # eps: noise or None (Philox at the row-major index of z); z: [R*D] output or
+    # None; kl: [R] output or None. Blocks of BLOCK elements, each indexed from 0
+    # (see _math.seg), summed in float32 lanes, then float64.
     half = cst(mu, 0.5)
     one = cst(mu, 1.0)
     start = r * D
-    stop = start + D
+    mr, vr, er = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D)
+    zr = seg(z, start, start + D)
     acc = 0.0
-    for b0 in range(start, stop, BLOCK):
-        b1 = min(b0 + BLOCK, stop)
-        m_, v_, e_, z_ = seg(mu, b0, b1), seg(lv, b0, b1), seg(eps, b0, b1), seg(z, b0, b1)
+    for lo in range(0, D, BLOCK):
+        hi = min(lo + BLOCK, D)
+        m_, v_, e_, z_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(er, lo, hi), seg(zr, lo, hi)
         part = cst(mu, 0.0)
-        for j in range(b1 - b0):
+        for j in range(hi - lo):
             m = m_[j]
             v = v_[j]
             s = fexp(v * half)
             if z is not None:
                 if eps is None:
-                    e = cst(mu, randn_at(k0, k1, np.uint64(b0 + j)))
+                    e = cst(mu, randn_at(k0, k1, np.uint64(start + lo + j)))
                 else:
                     e = e_[j]
                 z_[j] = m + s * e
@@ -67,22 +70,22 @@ def _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl):
 
 
 @njit(**JIT_OPTIONS)
-def _fwd_serial(R, D, mu, lv, eps, k0, k1, z, kl):
+def _fwd_serial(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
     for r in range(R):
-        _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl)
+        _fwd_row(r, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _fwd_parallel(R, D, mu, lv, eps, k0, k1, z, kl):
+def _fwd_parallel(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
     for r in prange(R):
-        _fwd_row(r, D, mu, lv, eps, k0, k1, z, kl)
+        _fwd_row(r, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
-    # dz: [R*D] or None; dkl: [R] or None; mu, lv: [R*D]; eps: [R*D] or None (Philox);
-    # dmu, dlv, deps: [R*D] outputs, each None when not wanted. Row segments are
-    # indexed from 0 (see _math.seg).
+def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+    # dz: upstream gradient of z or None; dkl: [R] or None; mu, lv, eps (None:
+    # Philox) and dz are read as rows of their layouts (see _layout); dmu, dlv,
+    # deps: [R*D] outputs, each None when not wanted.
     half = cst(mu, 0.5)
     one = cst(mu, 1.0)
     g = cst(mu, 0.0)
@@ -90,7 +93,7 @@ def _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
         g = dkl[r]
     b0 = r * D
     b1 = b0 + D
-    m_, v_, e_, dz_ = seg(mu, b0, b1), seg(lv, b0, b1), seg(eps, b0, b1), seg(dz, b0, b1)
+    m_, v_, e_, dz_ = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D), row(dz, dzl, r, D)
     dm_, dl_, de_ = seg(dmu, b0, b1), seg(dlv, b0, b1), seg(deps, b0, b1)
     for j in range(D):
         s = fexp(v_[j] * half)
@@ -117,15 +120,15 @@ def _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_serial(R, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
+def _bwd_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
     for r in range(R):
-        _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps)
+        _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _bwd_parallel(R, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps):
+def _bwd_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
     for r in prange(R):
-        _bwd_row(r, D, dz, dkl, mu, lv, eps, k0, k1, dmu, dlv, deps)
+        _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -161,7 +164,7 @@ def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None):
         return z, kl
     k0, k1 = keys(seed if eps is None else None)
     kernel = _fwd_parallel if use_parallel(n) else _fwd_serial
-    kernel(R, D, flat(mu), flat(logvar), flat(eps), k0, k1, flat(z), flat(kl))
+    kernel(R, D, *strided(mu, R, D), *strided(logvar, R, D), *strided(eps, R, D), k0, k1, flat(z), flat(kl))
     return z, kl
 
 
@@ -193,7 +196,10 @@ def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=
         return dmu, dlv, deps
     k0, k1 = keys(seed if eps is None else None)
     kernel = _bwd_parallel if use_parallel(n) else _bwd_serial
-    kernel(R, D, flat(dz), flat(dkl), flat(mu), flat(logvar), flat(eps), k0, k1, flat(dmu), flat(dlv), flat(deps))
+    kernel(
+        R, D, *strided(dz, R, D), flat(dkl), *strided(mu, R, D), *strided(logvar, R, D), *strided(eps, R, D),
+        k0, k1, flat(dmu), flat(dlv), flat(deps),
+    )  # fmt: skip
     return dmu, dlv, deps
 
 

@@ -26,6 +26,7 @@ from numba import njit, prange
 
 from ._common import apply, empty, flat, fold_vmap, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
+from ._layout import row, strided
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -34,17 +35,17 @@ LOG_2PI = math.log(2.0 * math.pi)
 
 
 @njit(**JIT_OPTIONS)
-def _normal_fwd_row(r, D, x, mu, lv, out):
-    # x, mu, lv: [R*D]; out: [R] log density per row. Blocks indexed from 0 (_math.seg).
+def _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, out):
+    # x, mu, lv: read as rows of their layouts (see _layout); out: [R] log density
+    # per row. Blocks indexed from 0 (_math.seg).
     c = cst(x, LOG_2PI)
-    start = r * D
-    stop = start + D
+    xr, mr, vr = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D)
     acc = 0.0
-    for b0 in range(start, stop, BLOCK):
-        b1 = min(b0 + BLOCK, stop)
-        x_, m_, v_ = seg(x, b0, b1), seg(mu, b0, b1), seg(lv, b0, b1)
+    for lo in range(0, D, BLOCK):
+        hi = min(lo + BLOCK, D)
+        x_, m_, v_ = seg(xr, lo, hi), seg(mr, lo, hi), seg(vr, lo, hi)
         part = cst(x, 0.0)
-        for j in range(b1 - b0):
+        for j in range(hi - lo):
             v = v_[j]
             d = x_[j] - m_[j]
             part += c + v + d * d * fexp(-v)
@@ -53,26 +54,27 @@ def _normal_fwd_row(r, D, x, mu, lv, out):
 
 
 @njit(**JIT_OPTIONS)
-def _normal_fwd_serial(R, D, x, mu, lv, out):
+def _normal_fwd_serial(R, D, x, xl, mu, mul, lv, lvl, out):
     for r in range(R):
-        _normal_fwd_row(r, D, x, mu, lv, out)
+        _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, out)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _normal_fwd_parallel(R, D, x, mu, lv, out):
+def _normal_fwd_parallel(R, D, x, xl, mu, mul, lv, lvl, out):
     for r in prange(R):
-        _normal_fwd_row(r, D, x, mu, lv, out)
+        _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, out)
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv):
-    # g: [R] upstream; x, mu, lv: [R*D]; dx, dmu, dlv: [R*D] outputs or None
+def _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+    # g: [R] upstream; x, mu, lv: rows of their layouts (_layout); dx, dmu, dlv:
+    # [R*D] outputs or None
     gr = g[r]
     half = cst(x, 0.5)
     one = cst(x, 1.0)
     b0 = r * D
     b1 = b0 + D
-    x_, m_, v_ = seg(x, b0, b1), seg(mu, b0, b1), seg(lv, b0, b1)
+    x_, m_, v_ = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D)
     dx_, dm_, dl_ = seg(dx, b0, b1), seg(dmu, b0, b1), seg(dlv, b0, b1)
     for j in range(D):
         d = x_[j] - m_[j]
@@ -87,31 +89,30 @@ def _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv):
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_serial(R, D, g, x, mu, lv, dx, dmu, dlv):
+def _normal_bwd_serial(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
     for r in range(R):
-        _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv)
+        _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _normal_bwd_parallel(R, D, g, x, mu, lv, dx, dmu, dlv):
+def _normal_bwd_parallel(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
     for r in prange(R):
-        _normal_bwd_row(r, D, g, x, mu, lv, dx, dmu, dlv)
+        _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
 
 
 # --------------------------------------------------------------------------- Bernoulli
 
 
 @njit(**JIT_OPTIONS)
-def _bern_fwd_row(r, D, x, logits, out):
-    # x, logits: [R*D]; out: [R]. Blocks indexed from 0 (_math.seg).
-    start = r * D
-    stop = start + D
+def _bern_fwd_row(r, D, x, xl, logits, ll, out):
+    # x, logits: rows of their layouts (_layout); out: [R]. Blocks indexed from 0 (_math.seg).
+    xr, lr = row(x, xl, r, D), row(logits, ll, r, D)
     acc = 0.0
-    for b0 in range(start, stop, BLOCK):
-        b1 = min(b0 + BLOCK, stop)
-        x_, l_ = seg(x, b0, b1), seg(logits, b0, b1)
+    for lo in range(0, D, BLOCK):
+        hi = min(lo + BLOCK, D)
+        x_, l_ = seg(xr, lo, hi), seg(lr, lo, hi)
         part = cst(x, 0.0)
-        for j in range(b1 - b0):
+        for j in range(hi - lo):
             lj = l_[j]
             part += x_[j] * lj - fsoftplus(lj)
         acc += np.float64(part)
@@ -119,24 +120,24 @@ def _bern_fwd_row(r, D, x, logits, out):
 
 
 @njit(**JIT_OPTIONS)
-def _bern_fwd_serial(R, D, x, logits, out):
+def _bern_fwd_serial(R, D, x, xl, logits, ll, out):
     for r in range(R):
-        _bern_fwd_row(r, D, x, logits, out)
+        _bern_fwd_row(r, D, x, xl, logits, ll, out)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _bern_fwd_parallel(R, D, x, logits, out):
+def _bern_fwd_parallel(R, D, x, xl, logits, ll, out):
     for r in prange(R):
-        _bern_fwd_row(r, D, x, logits, out)
+        _bern_fwd_row(r, D, x, xl, logits, ll, out)
 
 
 @njit(**JIT_OPTIONS)
-def _bern_bwd_row(r, D, g, x, logits, dx, dl):
-    # g: [R]; x, logits: [R*D]; dx, dl: [R*D] outputs or None
+def _bern_bwd_row(r, D, g, x, xl, logits, ll, dx, dl):
+    # g: [R]; x, logits: rows of their layouts (_layout); dx, dl: [R*D] outputs or None
     gr = g[r]
     b0 = r * D
     b1 = b0 + D
-    x_, l_, dx_, dl_ = seg(x, b0, b1), seg(logits, b0, b1), seg(dx, b0, b1), seg(dl, b0, b1)
+    x_, l_, dx_, dl_ = row(x, xl, r, D), row(logits, ll, r, D), seg(dx, b0, b1), seg(dl, b0, b1)
     for j in range(D):
         lj = l_[j]
         if dx is not None:
@@ -146,15 +147,15 @@ def _bern_bwd_row(r, D, g, x, logits, dx, dl):
 
 
 @njit(**JIT_OPTIONS)
-def _bern_bwd_serial(R, D, g, x, logits, dx, dl):
+def _bern_bwd_serial(R, D, g, x, xl, logits, ll, dx, dl):
     for r in range(R):
-        _bern_bwd_row(r, D, g, x, logits, dx, dl)
+        _bern_bwd_row(r, D, g, x, xl, logits, ll, dx, dl)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _bern_bwd_parallel(R, D, g, x, logits, dx, dl):
+def _bern_bwd_parallel(R, D, g, x, xl, logits, ll, dx, dl):
     for r in prange(R):
-        _bern_bwd_row(r, D, g, x, logits, dx, dl)
+        _bern_bwd_row(r, D, g, x, xl, logits, ll, dx, dl)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -174,7 +175,7 @@ def normal_forward(x, mu, logvar, *, out=None):
         res.zero_()  # a sum over an empty last dim is 0 (and no rows: nothing to fill)
         return res
     kernel = _normal_fwd_parallel if use_parallel(n) else _normal_fwd_serial
-    kernel(R, D, flat(x), flat(mu), flat(logvar), flat(res))
+    kernel(R, D, *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), flat(res))
     return res
 
 
@@ -194,7 +195,7 @@ def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None):
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
     kernel = _normal_bwd_parallel if use_parallel(n) else _normal_bwd_serial
-    kernel(R, D, flat(g), flat(x), flat(mu), flat(logvar), *(flat(t) for t in grads))
+    kernel(R, D, flat(g), *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), *(flat(t) for t in grads))
     return tuple(grads)
 
 
@@ -208,7 +209,7 @@ def bernoulli_forward(x, logits, *, out=None):
         res.zero_()
         return res
     kernel = _bern_fwd_parallel if use_parallel(n) else _bern_fwd_serial
-    kernel(R, D, flat(x), flat(logits), flat(res))
+    kernel(R, D, *strided(x, R, D), *strided(logits, R, D), flat(res))
     return res
 
 
@@ -228,7 +229,7 @@ def bernoulli_backward(g, x, logits, need_x, need_l, *, out=None):
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
     kernel = _bern_bwd_parallel if use_parallel(n) else _bern_bwd_serial
-    kernel(R, D, flat(g), flat(x), flat(logits), *(flat(t) for t in grads))
+    kernel(R, D, flat(g), *strided(x, R, D), *strided(logits, R, D), *(flat(t) for t in grads))
     return tuple(grads)
 
 
