@@ -253,15 +253,34 @@ def _check_inputs(op: str, **tensors: torch.Tensor) -> tuple[torch.Size, torch.d
             raise ValueError(f"{op}: {arg} is on {t.device} but {first} is on {device}; pass tensors on one device")
     shapes = [t.shape for t in tensors.values()]
     if all(s == shapes[0] for s in shapes):
-        return shapes[0], dtype, device  # the common case; broadcast_shapes costs ~20 us
+        return shapes[0], dtype, device  # the common case
     try:
-        shape = torch.broadcast_shapes(*shapes)
-    except RuntimeError:
+        shape = _broadcast_shapes(shapes)
+    except ValueError:
         got = ", ".join(f"{k} {list(v.shape)}" for k, v in tensors.items())
         raise ValueError(
             f"{op}: shapes do not broadcast ({got}); expected shapes broadcastable by torch's rules"
         ) from None
     return shape, dtype, device
+
+
+def _broadcast_shapes(shapes: list[torch.Size]) -> torch.Size:
+    """``torch.broadcast_shapes`` by torch's rules in plain Python (~2 us here against ~20 us).
+
+    Raises ``ValueError`` when the shapes do not broadcast.
+    """
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for s in shapes:
+        off = ndim - len(s)
+        for i, n in enumerate(s):
+            cur = out[off + i]
+            if n != cur:
+                if cur == 1:
+                    out[off + i] = n
+                elif n != 1:
+                    raise ValueError(f"dim {i - len(s)}: {n} against {cur}")
+    return torch.Size(out)
 
 
 def _expand(t: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:

@@ -151,3 +151,26 @@ class TestNumbaLayout:
 def test_registry_has_numba_on_cpu():
     """Guard: the layout tests above are meaningless if numba silently left the registry."""
     assert "numba" in registry.names()
+
+
+def test_broadcast_shapes_agrees_with_torch():
+    """The API's plain-Python broadcast equals ``torch.broadcast_shapes``, and fails where it fails."""
+    from kernels import _broadcast_shapes
+
+    gen = torch.Generator().manual_seed(0)
+    checked = failed = 0
+    for _ in range(500):
+        shapes = []
+        for _ in range(int(torch.randint(2, 4, (1,), generator=gen))):
+            nd = int(torch.randint(1, 5, (1,), generator=gen))
+            shapes.append(torch.Size(int(v) for v in torch.randint(1, 4, (nd,), generator=gen)))
+        try:
+            expected = torch.broadcast_shapes(*shapes)
+        except RuntimeError:
+            with pytest.raises(ValueError):
+                _broadcast_shapes(shapes)
+            failed += 1
+            continue
+        assert _broadcast_shapes(shapes) == expected, shapes
+        checked += 1
+    assert checked > 50 and failed > 50  # both branches exercised

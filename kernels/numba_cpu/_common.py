@@ -105,6 +105,21 @@ def apply(fn: type[torch.autograd.Function], *args):
     return super(torch.autograd.Function, fn).apply(*unwrap_dead_wrappers(args))
 
 
+def apply_backward(fn: type[torch.autograd.Function], *args):
+    """Run a fused-backward Function from inside an op's ``backward``.
+
+    The backward kernels are Functions of their own so that ``torch.func``
+    transforms (``grad``, ``vmap(grad(...))``) and double-backward requests see
+    their rules. A plain ``loss.backward()`` needs neither: grad mode is off
+    inside ``backward`` and no transform is active, so the kernel launcher
+    (``fn.forward``) is called directly, saving a Function node per op (tens
+    of us, which matter at the small batches of VAE training).
+    """
+    if not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+        return fn.forward(*args)
+    return apply(fn, *args)
+
+
 def fold_vmap(fn, info, in_dims, args, noise_args=None):
     """The ``vmap`` rule of a row-wise op: fold the vmapped dim into the leading dims.
 

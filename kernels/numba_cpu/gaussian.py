@@ -28,7 +28,7 @@ import torch
 from numba import njit, prange
 
 from ..philox import randn_at
-from ._common import apply, empty, flat, fold_vmap, keys, needs_autograd, rows, use_parallel
+from ._common import apply, apply_backward, empty, flat, fold_vmap, keys, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
 from ._layout import row, strided
 from ._math import cst, fexp, seg
@@ -233,9 +233,9 @@ def _grads(ctx, dz, dkl):
     need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
     if dkl is None and need_mu:
         # rsample only: dmu = dz exactly, no pass over memory needed.
-        _, dlv, deps = apply(GaussianBackward, dz, None, mu, logvar, eps, ctx.seed, False, need_lv, need_eps)
+        _, dlv, deps = apply_backward(GaussianBackward, dz, None, mu, logvar, eps, ctx.seed, False, need_lv, need_eps)
         return dz, dlv, deps, None
-    dmu, dlv, deps = apply(GaussianBackward, dz, dkl, mu, logvar, eps, ctx.seed, need_mu, need_lv, need_eps)
+    dmu, dlv, deps = apply_backward(GaussianBackward, dz, dkl, mu, logvar, eps, ctx.seed, need_mu, need_lv, need_eps)
     return dmu, dlv, deps, None
 
 
@@ -299,7 +299,7 @@ class KLStd(torch.autograd.Function):
     def backward(ctx, dkl):
         mu, logvar, _ = ctx.saved_tensors
         need_mu, need_lv = ctx.needs_input_grad[:2]
-        dmu, dlv, _ = apply(GaussianBackward, None, dkl, mu, logvar, None, None, need_mu, need_lv, False)
+        dmu, dlv, _ = apply_backward(GaussianBackward, None, dkl, mu, logvar, None, None, need_mu, need_lv, False)
         return dmu, dlv
 
     @staticmethod

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ._common import apply, empty, flat, fold_vmap, needs_autograd, rows, use_parallel
+from ._common import apply, apply_backward, empty, flat, fold_vmap, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
 from ._layout import row, strided
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
@@ -270,7 +270,7 @@ class NormalLogProb(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, mu, logvar = ctx.saved_tensors
-        return apply(NormalLogProbBackward, g, x, mu, logvar, *ctx.needs_input_grad[:3])
+        return apply_backward(NormalLogProbBackward, g, x, mu, logvar, *ctx.needs_input_grad[:3])
 
     @staticmethod
     def vmap(info, in_dims, *args):
@@ -311,7 +311,7 @@ class BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, logits = ctx.saved_tensors
-        return apply(BernoulliLogProbBackward, g, x, logits, *ctx.needs_input_grad[:2])
+        return apply_backward(BernoulliLogProbBackward, g, x, logits, *ctx.needs_input_grad[:2])
 
     @staticmethod
     def vmap(info, in_dims, *args):
