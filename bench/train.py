@@ -248,9 +248,10 @@ def importance_sampled_log_likelihood(
                 (kk, *mu.shape), seed=(seed * 1_000_003 + i * 7_919 + j) % (2**62), dtype=mu.dtype
             )
             z = kernels.normal_rsample(mu, logvar, eps)  # [kk, B, K]
+            zero = z.new_zeros(()).expand(z.shape[-1])  # broadcast, never materialised
             log_w = (
                 log_px_given_z(model, xb, model.decode(z))
-                + kernels.normal_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+                + kernels.normal_log_prob(z, zero, zero)  # log N(z; 0, I), the prior
                 - kernels.normal_log_prob(z, mu, logvar)
             ).double()
             acc = torch.logaddexp(acc, torch.logsumexp(log_w, dim=0))

@@ -203,8 +203,11 @@ def toy_problem(name: str, dim: int, seed: int):
     if name == "gauss_quadratic":
         a = torch.randn(dim, generator=gen, dtype=torch.float64).float()
 
+        zero = torch.zeros(())
+
         def f(z):
-            return kernels.normal_log_prob(z, a.expand_as(z), torch.zeros_like(z))
+            # a and the zero log variance broadcast against z [..., D] (read in place, not materialised)
+            return kernels.normal_log_prob(z, a, zero.expand(dim))
 
         exact = {"mu": a.double() - mu.double(), "logvar": -0.5 * s2}
     elif name == "gauss_cosine":

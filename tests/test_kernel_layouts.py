@@ -133,11 +133,28 @@ class TestNumbaLayout:
             t = view(torch.randn(base_shape, dtype=torch.float64))
             D_ = t.shape[-1]
             R = t.numel() // D_
-            a, (inner, so, si) = strided(t, R, D_)
+            a, (inner, so, si, _, _) = strided(t, R, D_)
             rows = t.reshape(R, D_)
             for r in range(R):
                 base = (r // inner) * so + (r % inner) * si
                 assert torch.equal(torch.from_numpy(a[base : base + D_]), rows[r]), (name, r)
+
+    def test_magic_division_is_exact(self):
+        """``(r * magic) >> shift == r // inner`` at the edges of every quotient, for r < 2**31, in uint64."""
+        import random
+
+        from kernels.numba_cpu._layout import MAX_ROWS, magic
+
+        rng = random.Random(0)
+        inners = list(range(1, 300)) + [rng.randrange(300, MAX_ROWS) for _ in range(300)] + [MAX_ROWS - 1, 1 << 30]
+        for inner in inners:
+            m, sh = magic(inner)
+            assert (MAX_ROWS - 1) * m < 2**63  # fits the kernels' uint64 product with room to spare
+            rs = {0, 1, MAX_ROWS - 1, MAX_ROWS - 2}
+            for k in [1, 2, 3] + [rng.randrange(1, MAX_ROWS // inner + 1) for _ in range(20)]:
+                rs.update(r for r in (k * inner - 1, k * inner, k * inner + 1) if 0 <= r < MAX_ROWS)
+            for r in rs:
+                assert (r * m) >> sh == r // inner, (inner, r)
 
     def test_views_are_not_copied(self):
         """Broadcast views reach the kernel as arrays over the original storage (no copy)."""

@@ -19,26 +19,53 @@ is made contiguous as before.
 
 Kernels call :func:`row` once per row; what follows is the same unit-stride
 loop over ``D`` elements as for a contiguous input, so it vectorizes the same.
+Rows can be short (``D = 10`` in the ppca benchmark, 2M rows), so ``r // inner``
+is not an integer division (tens of cycles, three per row, made the ppca
+log-prob kernels slower than copying): the layout carries a magic multiplier and
+shift with ``r // inner == (r * magic) >> shift`` for every ``r < 2**31``
+(Granlund & Montgomery, "Division by invariant integers using multiplication",
+PLDI 1994, Thm. 4.2: ``shift = 31 + ceil(log2(inner))``,
+``magic = ceil(2**shift / inner)``; the product stays below ``2**63``).
+The full layout is ``(inner, outer_stride, inner_stride, magic, shift)``.
 """
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 from numba import types
 from numba.extending import overload
 
 from ._common import flat
 
+#: Rows a layout can address (the magic division is exact below this).
+MAX_ROWS = 1 << 31
+
+
+def magic(inner: int) -> tuple[int, int]:
+    """``(magic, shift)`` with ``r // inner == (r * magic) >> shift`` for ``0 <= r < 2**31`` (module doc)."""
+    shift = 31 + (inner - 1).bit_length()
+    return -(-(1 << shift) // inner), shift
+
+
+def layout(inner: int, outer_stride: int, inner_stride: int) -> tuple[int, int, int, int, int]:
+    """The 5-tuple the kernels take (see the module doc)."""
+    return (inner, outer_stride, inner_stride, *magic(inner))
+
+
 #: Layout passed with inputs that are None (never read).
-NO_LAYOUT = (1, 0, 0)
+NO_LAYOUT = layout(1, 0, 0)
 
 
 def row(a, layout, r, D):  # pragma: no cover - replaced by the overload inside numba
     """Row ``r`` (``D`` elements) of ``a`` under ``layout``, or None when ``a`` is None."""
     if a is None:
         return None
-    inner, so, si = layout
-    base = (r // inner) * so + (r % inner) * si
+    inner, so, si, m, sh = layout
+    q = (r * m) >> sh
+    base = q * so + (r - q * inner) * si
     return a[base : base + D]
 
 
@@ -49,7 +76,8 @@ def _row_impl(a, layout, r, D):
     if isinstance(a, types.Array):
 
         def impl(a, layout, r, D):
-            base = (r // layout[0]) * layout[1] + (r % layout[0]) * layout[2]
+            q = np.int64((np.uint64(r) * np.uint64(layout[3])) >> np.uint64(layout[4]))
+            base = q * layout[1] + (r - q * layout[0]) * layout[2]
             return a[base : base + D]
 
         return impl
@@ -96,12 +124,19 @@ def strided(t: torch.Tensor | None, R: int, D: int):
     """
     if t is None:
         return None, NO_LAYOUT
+    if R >= MAX_ROWS:
+        raise ValueError(f"the numba kernels address at most 2**31 - 1 rows, got {R} rows of {D}")
     if t.is_contiguous():
-        return flat(t), (R, 0, D)
+        return flat(t), _contiguous(R, D)
     t = t.detach()
     lay = collapse(t.shape, t.stride(), D)
     if lay is None:
-        return flat(t.contiguous()), (R, 0, D)
+        return flat(t.contiguous()), _contiguous(R, D)
     inner, so, si, extent = lay
     a = t.as_strided((extent,), (1,)).numpy()
-    return a, (inner, so, si)
+    return a, layout(inner, so, si)
+
+
+@functools.lru_cache(maxsize=256)
+def _contiguous(R: int, D: int) -> tuple[int, int, int, int, int]:
+    return layout(R, 0, D)

@@ -40,6 +40,9 @@ NUMBA = "numba" in kernels.available_backends("cpu")
 needs_numba = pytest.mark.skipif(not NUMBA, reason="numba backend not available")
 
 
+ROUNDS = 5  # alternating A/B rounds of the throughput comparisons (median ratio)
+
+
 def _once(benchmark, fn):
     return benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
 
@@ -80,28 +83,41 @@ def test_convergence_short(benchmark):
 @needs_numba
 @pytest.mark.parametrize("batch_size", [20, 128, 1024])
 def test_training_throughput_numba_vs_torch(benchmark, batch_size):
+    """Examples per second, numba over torch eager: the median over ROUNDS alternating A/B rounds.
+
+    The two backends run in turn (torch first, then numba first, ...) so that a
+    burst of load on this shared machine hits both, and the ratio of each round is
+    taken before the median: a single run per backend swung 0.9-1.1 here.
+    """
     data = datasets.load("mnist5k", seed=0, binarize="dynamic")
     steps = {20: 150, 128: 60, 1024: 12}[batch_size]
     out = {}
+    per_round: dict[str, list[float]] = {"torch": [], "numba": []}
+
+    def cfg_for(backend):
+        return T.TrainConfig(
+            dataset="mnist5k", estimator="reparam", backend=backend, steps=steps, batch_size=batch_size,
+            eval_every=steps, is_k=0, eval_size=256, test_size=256,
+        )  # fmt: skip
 
     def run():
         for backend in ("torch", "numba"):
-            cfg = T.TrainConfig(
-                dataset="mnist5k", estimator="reparam", backend=backend, steps=steps, batch_size=batch_size,
-                eval_every=steps, is_k=0, eval_size=256, test_size=256,
-            )  # fmt: skip
-            T.train(cfg, dataset=data)  # warm-up (numba compilation) outside the timed run
-            out[backend] = T.to_frame(T.train(cfg, dataset=data))
+            T.train(cfg_for(backend), dataset=data)  # warm-up (numba compilation) outside the timed runs
+        for i in range(ROUNDS):
+            for backend in ("torch", "numba") if i % 2 == 0 else ("numba", "torch"):
+                out[backend] = T.to_frame(T.train(cfg_for(backend), dataset=data))
+                per_round[backend].append(float(out[backend].query("metric == 'examples_per_s'").value.iloc[0]))
         return out
 
     _once(benchmark, run)
-    eps = {b: float(df[df.metric == "examples_per_s"].value.iloc[0]) for b, df in out.items()}
-    ratio = eps["numba"] / eps["torch"]
+    ratios = sorted(n / t for n, t in zip(per_round["numba"], per_round["torch"], strict=True))
+    ratio = ratios[len(ratios) // 2]
     benchmark.extra_info.update(
         {
-            "examples_per_s_numba": eps["numba"],
-            "examples_per_s_torch": eps["torch"],
+            "examples_per_s_numba": sorted(per_round["numba"])[ROUNDS // 2],
+            "examples_per_s_torch": sorted(per_round["torch"])[ROUNDS // 2],
             "numba_over_torch": ratio,
+            "numba_over_torch_rounds": ratios,
             "numba_over_torch_target_met": ratio >= 1.0,
         }
     )
@@ -126,30 +142,44 @@ def test_training_throughput_numba_vs_torch(benchmark, batch_size):
 @needs_numba
 @pytest.mark.parametrize("problem", ["ppca", "gauss_quadratic"])
 def test_many_sample_variance_numba_vs_torch(benchmark, problem):
-    times = {}
+    """End-to-end seconds of the S=1000 variance benchmark, torch eager over numba: median of alternating rounds."""
+    times: dict[str, list[float]] = {"torch": [], "numba": []}
+    grids = {
+        backend: V.configs(
+            problems=[problem],
+            estimators=["reparam", "score_function"],
+            backends=[backend],
+            num_samples=[1000],
+            replicates=64,
+            bootstrap=50,
+            batch_size=32,
+            toy_dim=64,
+        )  # fmt: skip
+        for backend in ("torch", "numba")
+    }
 
     def run():
-        for backend in ("torch", "numba"):
-            grid = V.configs(
-                problems=[problem], estimators=["reparam", "score_function"], backends=[backend],
-                num_samples=[1000], replicates=64, bootstrap=50, batch_size=32, toy_dim=64,
-            )  # fmt: skip
-            V.variance_benchmark(grid[:1])  # warm-up
-            t0 = time.perf_counter()
-            df = V.variance_benchmark(grid)
-            times[backend] = time.perf_counter() - t0
-            benchmark.extra_info[f"total_variance_reparam_{backend}"] = float(
-                df[(df.metric == "total_variance") & (df.estimator == "reparam")].value.iloc[0]
-            )
+        for grid in grids.values():
+            V.variance_benchmark(grid)  # warm-up: every estimator's kernels compiled outside the timed runs
+        for i in range(ROUNDS):
+            for backend in ("torch", "numba") if i % 2 == 0 else ("numba", "torch"):
+                t0 = time.perf_counter()
+                df = V.variance_benchmark(grids[backend])
+                times[backend].append(time.perf_counter() - t0)
+                benchmark.extra_info[f"total_variance_reparam_{backend}"] = float(
+                    df[(df.metric == "total_variance") & (df.estimator == "reparam")].value.iloc[0]
+                )
         return times
 
     _once(benchmark, run)
-    ratio = times["torch"] / times["numba"]
+    ratios = sorted(t / n for t, n in zip(times["torch"], times["numba"], strict=True))
+    ratio = ratios[len(ratios) // 2]
     benchmark.extra_info.update(
         {
-            "seconds_torch": times["torch"],
-            "seconds_numba": times["numba"],
+            "seconds_torch": sorted(times["torch"])[ROUNDS // 2],
+            "seconds_numba": sorted(times["numba"])[ROUNDS // 2],
             "numba_speedup": ratio,
+            "numba_speedup_rounds": ratios,
             "numba_speedup_target_met": ratio >= 2.0,
         }
     )
