@@ -1,8 +1,10 @@
-"""Accuracy of the vectorizable exp/log/log1p/softplus/sigmoid used inside the numba kernels.
+"""Accuracy of the vectorizable exp/log/log1p/cos2pi/softplus/sigmoid used inside the numba kernels.
 
-References are numpy in float64 (correctly rounded to well under a float32 ulp);
-bounds are in units of the dtype's machine epsilon (``finfo.eps``) of relative
-error, over grids covering the ranges the kernels use and beyond.
+References are numpy in float64 (correctly rounded to well under a float32 ulp;
+``cos(2 pi u)`` is reduced exactly and evaluated in long double, see
+:func:`cos2pi_ref`); bounds are in units of the dtype's machine epsilon
+(``finfo.eps``) of relative error, over grids covering the ranges the kernels use
+and beyond.
 """
 
 from __future__ import annotations
@@ -23,11 +25,29 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> float:
     1.6e-38: off by 1.6e-38 in absolute terms, which no kernel can notice.
     """
     tiny = np.finfo(got.dtype).tiny
-    diff = np.maximum(np.abs(got.astype(np.float64) - want) - 2 * tiny, 0.0)
+    diff = np.maximum(np.abs(got.astype(want.dtype) - want) - 2 * tiny, 0.0)
     return float(np.max(diff / np.maximum(np.abs(want), tiny)))
 
 
+def cos2pi_ref(u: np.ndarray) -> np.ndarray:
+    """``cos(2 pi u)`` to well under a float64 ulp where long double is 80-bit (x86).
+
+    ``np.cos(2 * np.pi * u)`` would not do as a reference: its argument rounds, so
+    next to the zeros at ``u = 1/4, 3/4`` it has no correct digits (``cos(pi/2)``
+    comes out as 6e-17 instead of 0). The quarter-turn reduction ``r = u - k/4`` is
+    exact in float64 and the rest is done in long double.
+    """
+    u = u.astype(np.float64)
+    k = np.floor(4.0 * u + 0.5)
+    r = (u - k / 4.0).astype(np.longdouble)
+    x = r * (8 * np.arctan(np.longdouble(1)))  # 2 pi in long double
+    q = k.astype(np.int64) % 4
+    return np.select([q == 0, q == 1, q == 2], [np.cos(x), -np.sin(x), -np.cos(x)], np.sin(x))
+
+
 def ref(name: str, x: np.ndarray) -> np.ndarray:
+    if name == "cos2pi":
+        return cos2pi_ref(x)
     x = x.astype(np.float64)
     if name == "softplus":
         return np.logaddexp(0.0, x)
@@ -42,6 +62,9 @@ CASES = {
     "exp": (lambda: np.linspace(-87.0, 88.0, 200_001), 1.5, 3),
     "log": (lambda: np.exp(np.linspace(-80.0, 80.0, 200_001)), 2, 3),
     "log1p": (lambda: np.concatenate([-np.logspace(-30, -1e-3, 50_000), np.logspace(-30, 30, 150_000)]), 2.5, 4),
+    # u in [0, 1] as Box-Muller draws it (dense: 2**21 + 1 points), and periods around it;
+    # measured about 1.2 eps (float32), 1.15 eps (float64)
+    "cos2pi": (lambda: np.concatenate([np.linspace(0.0, 1.0, 2**21 + 1), np.linspace(-3.0, 3.0, 300_001)]), 1.5, 2),
     "softplus": (lambda: np.linspace(-100.0, 100.0, 200_001), 3, 4),
     "sigmoid": (lambda: np.linspace(-80.0, 80.0, 200_001), 3, 4),
 }
@@ -58,6 +81,25 @@ def test_accuracy(name, dtype):
     bound = bound32 if dtype == np.float32 else bound64
     err = rel_err(got, ref(name, x))
     assert err <= bound * eps, f"{name}[{dtype.__name__}]: max rel err {err:.3g} = {err / eps:.2f} eps > {bound} eps"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+def test_cos2pi_absolute_error_and_exact_points(dtype):
+    """Below 1 eps absolute on every representable u near the quarter turns and on the
+    whole grid (measured 0.77 eps float32, 0.74 float64); exact at multiples of 1/4."""
+    eps = np.finfo(dtype).eps
+    quarters = np.array([0.0, 0.25, 0.5, 0.75, 1.0], dtype=dtype)
+    up = down = np.arange(9, dtype=dtype) / 8  # the eighths: quadrant edges and centres
+    near = [up]
+    for _ in range(200):  # and their 200 float neighbours on each side
+        up, down = np.nextafter(up, dtype(2)), np.nextafter(down, dtype(-2))
+        near += [up, down]
+    u = np.concatenate(near + [np.linspace(0.0, 1.0, 1_000_001).astype(dtype)])
+    err = np.abs(numba_math.apply("cos2pi", u).astype(np.longdouble) - cos2pi_ref(u))
+    assert float(err.max()) < eps, f"max abs err {float(err.max()) / eps:.2f} eps"
+    got = numba_math.apply("cos2pi", quarters)
+    np.testing.assert_array_equal(np.abs(got), np.array([1.0, 0.0, 1.0, 0.0, 1.0], dtype=dtype))
+    np.testing.assert_array_equal(got[[0, 2, 4]], np.array([1.0, -1.0, 1.0], dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
