@@ -70,6 +70,10 @@ try:  # numba is a hard dependency of the distribution, but keep import errors l
     import numba
     from numba import njit, prange
 
+    from ._numba_cache import configure as _configure_cache
+
+    _configure_cache()  # before the @njit(cache=True) below are decorated
+
     _HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
     _HAVE_NUMBA = False

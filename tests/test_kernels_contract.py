@@ -10,6 +10,7 @@ shapes only. Tolerances come from the one table in :mod:`kernels.testing`.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numba
 import pytest
@@ -474,16 +475,49 @@ def test_float32_error_at_most_twice_torch(backend, op):
 # --------------------------------------------------------------------------- numba compile cache location
 
 
-def test_numba_cache_dir_falls_back_to_user_dir(monkeypatch, tmp_path):
-    from kernels.numba_cpu import _cache
+def _fresh_cache_config(monkeypatch):
+    from kernels import _numba_cache
 
-    monkeypatch.setattr(_cache.numba.config, "CACHE_DIR", "")
-    monkeypatch.setattr(_cache, "_writable", lambda path: False)  # a read-only install
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(_numba_cache.numba.config, "CACHE_DIR", "")
+    monkeypatch.setattr(_numba_cache, "_configured", None)
     monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
-    where = _cache.configure()
-    assert where == str(tmp_path / "elbobench" / "numba")
-    assert (tmp_path / "elbobench" / "numba").is_dir()
-    assert _cache.numba.config.CACHE_DIR == where
-    monkeypatch.setattr(_cache.numba.config, "CACHE_DIR", "/somewhere/explicit")
-    assert _cache.configure() == "/somewhere/explicit"  # an explicit NUMBA_CACHE_DIR wins
+    return _numba_cache
+
+
+def test_numba_cache_dir_falls_back_to_user_dir(monkeypatch, tmp_path):
+    cache = _fresh_cache_config(monkeypatch)
+    monkeypatch.setattr(cache, "_writable", lambda path: False)  # a read-only install
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    stale = tmp_path / "elbobench" / "numba" / "src-0000000000000000"
+    stale.mkdir(parents=True)
+    where = cache.configure()
+    assert where == str(tmp_path / "elbobench" / "numba" / f"src-{cache.source_digest()}")
+    assert Path(where).is_dir() and cache.numba.config.CACHE_DIR == where
+    assert not stale.exists()  # kernels compiled from other sources are removed
+
+
+def test_numba_cache_explicit_dir_wins(monkeypatch):
+    cache = _fresh_cache_config(monkeypatch)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "/somewhere/explicit")
+    assert cache.configure() == "/somewhere/explicit"
+
+
+def test_numba_cache_digest_follows_every_kernel_source(tmp_path):
+    """Editing any kernel source (philox.py, _math.py, _flags.py, ...) moves the cache: no stale inlined code."""
+    from kernels import _numba_cache
+
+    sources = _numba_cache.kernel_sources()
+    names = {f.name for f in sources}
+    assert {"philox.py", "_math.py", "_flags.py", "gaussian.py", "logprob.py", "_layout.py"} <= names
+    copies = []
+    for f in sources:
+        c = tmp_path / f.name
+        c.write_bytes(f.read_bytes())
+        copies.append(c)
+    before = _numba_cache.source_digest(copies)
+    assert before == _numba_cache.source_digest(sources)
+    for c in copies:
+        original = c.read_bytes()
+        c.write_bytes(original + b"\n# edited\n")
+        assert _numba_cache.source_digest(copies) != before, c.name
+        c.write_bytes(original)

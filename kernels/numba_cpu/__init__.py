@@ -15,16 +15,16 @@ torch and numpy; broadcast and strided inputs are read in place (:mod:`._layout`
 only layouts it cannot describe are copied); small inputs run a
 serial kernel; when no input requires grad (and no ``torch.func`` transform is
 active) the op calls its kernel directly, without autograd bookkeeping.
-Compiled kernels are cached on disk (see :mod:`._cache`).
+Compiled kernels are cached on disk (see :mod:`kernels._numba_cache`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _cache
+from .. import _numba_cache
 
-CACHE_DIR = _cache.configure()  # before any @njit(cache=True) below is decorated
+CACHE_DIR = _numba_cache.configure()  # before any @njit(cache=True) below is decorated
 
 import numba  # noqa: E402
 

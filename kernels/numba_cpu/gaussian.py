@@ -52,13 +52,14 @@ def _fwd_row(r, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
         hi = min(lo + BLOCK, D)
         m_, v_, e_, z_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(er, lo, hi), seg(zr, lo, hi)
         part = cst(mu, 0.0)
+        idx0 = np.uint64(start + lo)  # Philox index of the block's first element (see _bwd_row)
         for j in range(hi - lo):
             m = m_[j]
             v = v_[j]
             s = fexp(v * half)
             if z is not None:
                 if eps is None:
-                    e = cst(mu, randn_at(k0, k1, np.uint64(start + lo + j)))
+                    e = cst(mu, randn_at(k0, k1, idx0 + np.uint64(j)))
                 else:
                     e = e_[j]
                 z_[j] = m + s * e
@@ -95,6 +96,7 @@ def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, de
     b1 = b0 + D
     m_, v_, e_, dz_ = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D), row(dz, dzl, r, D)
     dm_, dl_, de_ = seg(dmu, b0, b1), seg(dlv, b0, b1), seg(deps, b0, b1)
+    idx0 = np.uint64(b0)  # Philox index of the row's first element (a uint64 base vectorizes; int64 + j did not)
     for j in range(D):
         s = fexp(v_[j] * half)
         gm = cst(mu, 0.0)
@@ -103,7 +105,7 @@ def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, de
             gz = dz_[j]
             if dlv is not None:
                 if eps is None:
-                    e = cst(mu, randn_at(k0, k1, np.uint64(b0 + j)))
+                    e = cst(mu, randn_at(k0, k1, idx0 + np.uint64(j)))
                 else:
                     e = e_[j]
                 gl = half * gz * s * e

@@ -219,47 +219,83 @@ def plain_loss(recon_x, x, mu, logvar):
     return bce + kld
 
 
+def _plain_classic(data, epochs: int, bs: int) -> tuple[float, float]:
+    """Train :class:`PlainVAE` the usual way; ``(test negative ELBO per example, examples per second)``."""
+    torch.manual_seed(0)
+    model = PlainVAE()
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    wall, n = 0.0, 0
+    for _epoch in range(epochs):
+        perm = torch.randperm(data.train.shape[0])
+        for i in range(data.train.shape[0] // bs):
+            x = data.train[perm[i * bs : (i + 1) * bs]]
+            t0 = time.perf_counter()
+            optim.zero_grad()
+            recon, mu, logvar = model(x)
+            loss = plain_loss(recon, x, mu, logvar)
+            loss.backward()
+            optim.step()
+            wall += time.perf_counter() - t0
+            n += x.shape[0]
+    with torch.no_grad():
+        recon, mu, logvar = model(data.test)
+        neg_elbo = float(plain_loss(recon, data.test, mu, logvar)) / data.test.shape[0]
+    return neg_elbo, n / wall
+
+
+def _suite_classic(data, epochs: int, bs: int, backend: str) -> tuple[float, float]:
+    """The same model and settings through the suite (``reparam``, fused kernels of ``backend``)."""
+    steps = epochs * (data.train.shape[0] // bs)
+    cfg = T.TrainConfig(
+        dataset="mnist5k", split=(4000, 0, 1000), binarize="none", estimator="reparam", backend=backend,
+        hidden=(400,), z_dim=20, activation="relu", output_bias=False, batch_size=bs, steps=steps,
+        optimizer="adam", lr=1e-3, kl="analytic", eval_every=steps, is_k=0, checkpoint_every=0,
+    )  # fmt: skip
+    df = T.to_frame(T.train(cfg, dataset=data))
+    return -float(df[df.metric == "test_elbo"].value.iloc[0]), float(df[df.metric == "examples_per_s"].value.iloc[0])
+
+
 def test_classic_vae_suite_vs_plain_pytorch(benchmark):
+    """The classic 784-400-20 VAE: the suite (default CPU backend) against the plain PyTorch loop.
+
+    Test negative ELBO within 1 nat (asserted); examples per second, suite over
+    plain, as the median of ROUNDS alternating rounds (recorded, not asserted),
+    for the backend ``auto`` picks on CPU and for the torch reference backend.
+    """
     data = datasets.load("mnist5k", seed=0, binarize="none", split=(4000, 0, 1000))
     epochs, bs = 10, 128
-    steps = epochs * (data.train.shape[0] // bs)
-    res = {}
+    auto = kernels.get_backend(device="cpu")
+    backends = [auto] + (["torch"] if auto != "torch" else [])
+    res: dict = {}
+    speeds: dict[str, list[float]] = {b: [] for b in ["plain", *backends]}
 
     def run():
-        # the plain baseline
-        torch.manual_seed(0)
-        model = PlainVAE()
-        optim = torch.optim.Adam(model.parameters(), lr=1e-3)
-        wall = 0.0
-        for _epoch in range(epochs):
-            perm = torch.randperm(data.train.shape[0])
-            for i in range(data.train.shape[0] // bs):
-                x = data.train[perm[i * bs : (i + 1) * bs]]
-                t0 = time.perf_counter()
-                optim.zero_grad()
-                recon, mu, logvar = model(x)
-                loss = plain_loss(recon, x, mu, logvar)
-                loss.backward()
-                optim.step()
-                wall += time.perf_counter() - t0
-        with torch.no_grad():
-            recon, mu, logvar = model(data.test)
-            res["plain_test_neg_elbo"] = float(plain_loss(recon, data.test, mu, logvar)) / data.test.shape[0]
-        res["plain_examples_per_s"] = steps * bs / wall
-        # the suite: reparam on the same architecture and settings
-        cfg = T.TrainConfig(
-            dataset="mnist5k", split=(4000, 0, 1000), binarize="none", estimator="reparam", backend="torch",
-            hidden=(400,), z_dim=20, activation="relu", output_bias=False, batch_size=bs, steps=steps,
-            optimizer="adam", lr=1e-3, kl="analytic", eval_every=steps, is_k=0, checkpoint_every=0,
-        )  # fmt: skip
-        df = T.to_frame(T.train(cfg, dataset=data))
-        res["suite_test_neg_elbo"] = -float(df[df.metric == "test_elbo"].value.iloc[0])
-        res["suite_examples_per_s"] = float(df[df.metric == "examples_per_s"].value.iloc[0])
+        for i in range(ROUNDS):
+            order = ["plain", *backends] if i % 2 == 0 else [*backends, "plain"]
+            for who in order:
+                if who == "plain":
+                    neg_elbo, eps = _plain_classic(data, epochs, bs)
+                else:
+                    neg_elbo, eps = _suite_classic(data, epochs, bs, who)
+                speeds[who].append(eps)
+                res.setdefault(f"{who}_test_neg_elbo", neg_elbo)  # deterministic: the same every round
         return res
 
     _once(benchmark, run)
-    gap = res["suite_test_neg_elbo"] - res["plain_test_neg_elbo"]
-    speed = res["suite_examples_per_s"] / res["plain_examples_per_s"]
+    for who, v in speeds.items():
+        res[f"{who}_examples_per_s"] = sorted(v)[ROUNDS // 2]
+    for b in backends:
+        ratios = sorted(s / p for s, p in zip(speeds[b], speeds["plain"], strict=True))
+        res[f"speed_ratio_{b}"] = ratios[ROUNDS // 2]
+        res[f"speed_ratio_{b}_rounds"] = ratios
+    gap = res[f"{auto}_test_neg_elbo"] - res["plain_test_neg_elbo"]
     benchmark.extra_info.update(res)
-    benchmark.extra_info.update({"neg_elbo_gap_nats": gap, "speed_ratio": speed, "speed_target_met": speed >= 1.0})
+    benchmark.extra_info.update(
+        {
+            "backend": auto,
+            "neg_elbo_gap_nats": gap,
+            "speed_ratio": res[f"speed_ratio_{auto}"],
+            "speed_target_met": res[f"speed_ratio_{auto}"] >= 1.0,
+        }
+    )
     assert math.isfinite(gap) and abs(gap) < 1.0, res
