@@ -19,21 +19,28 @@ import kernels
 from kernels import registry
 from kernels.testing import assert_close_to_reference
 
-# name -> (shape of the full inputs, shape of the base tensor, base -> the view passed in)
-D = 6
-LAYOUTS = {
-    "leading": ((3, 4, D), (4, D), lambda t: t.expand(3, 4, D)),
-    "middle": ((3, 4, D), (3, 1, D), lambda t: t.expand(3, 4, D)),
-    "one_row": ((3, 4, D), (D,), lambda t: t.expand(3, 4, D)),
-    "column_slice": ((5, D), (5, 2 * D + 1), lambda t: t[:, 1 : D + 1]),
-    "no_collapse": ((2, 3, 4, D), (2, 1, 4, D), lambda t: t.expand(2, 3, 4, D)),
-    "transposed_rows": ((4, 3, D), (3, 4, D), lambda t: t.transpose(0, 1)),
-}
+# D = 6 runs the numba short-row (chunked) kernels, D = 40 the per-row ones (kernels.numba_cpu._layout.SHORT_ROW).
+ROW_LENGTHS = [6, 40]
 
 
-def layout_inputs(op, layout, dtype, seed=0):
+def layouts(D: int) -> dict:
+    """name -> (shape of the full inputs, shape of the base tensor, base -> the view passed in)."""
+    return {
+        "leading": ((3, 4, D), (4, D), lambda t: t.expand(3, 4, D)),
+        "middle": ((3, 4, D), (3, 1, D), lambda t: t.expand(3, 4, D)),
+        "one_row": ((3, 4, D), (D,), lambda t: t.expand(3, 4, D)),
+        "column_slice": ((5, D), (5, 2 * D + 1), lambda t: t[:, 1 : D + 1]),
+        "no_collapse": ((2, 3, 4, D), (2, 1, 4, D), lambda t: t.expand(2, 3, 4, D)),
+        "transposed_rows": ((4, 3, D), (3, 4, D), lambda t: t.transpose(0, 1)),
+    }
+
+
+LAYOUTS = layouts(6)
+
+
+def layout_inputs(op, layout, dtype, D, seed=0):
     """``(leaves, views)``: the first argument full and contiguous, the others views in ``layout``."""
-    shape, base_shape, view = LAYOUTS[layout]
+    shape, base_shape, view = layouts(D)[layout]
     gen = torch.Generator().manual_seed(seed)
     leaves, views = [], []
     for i, name in enumerate(OPS[op]):
@@ -58,8 +65,9 @@ def run_views(op, leaves, views, backend):
 @pytest.mark.parametrize("op", list(OPS))
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_views_match_reference(backend, op, layout, dtype):
-    leaves, views = layout_inputs(op, layout, dtype)
+@pytest.mark.parametrize("D", ROW_LENGTHS)
+def test_views_match_reference(backend, op, layout, dtype, D):
+    leaves, views = layout_inputs(op, layout, dtype, D)
     assert all(v.is_contiguous() for v in views[:1]) and not views[1].is_contiguous()
     outs, grads = run_views(op, leaves, views, backend)
     ref_outs, ref_grads = run_views(op, leaves, views, "torch")
@@ -69,11 +77,20 @@ def test_views_match_reference(backend, op, layout, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", list(OPS))
-def test_broadcast_parameters_parallel_path(backend, op):
-    """``[B, D]`` parameters against ``[S, B, D]`` samples above the serial threshold, grads summed over S."""
+@pytest.mark.parametrize(
+    "S, B, Dl",
+    [(64, 33, 65), (512, 33, 10), (13, 1100, 10)],
+    ids=["rows", "short_rows_many_chunks", "short_rows_chunks_within_a_block"],
+)
+def test_broadcast_parameters_parallel_path(backend, op, S, B, Dl):
+    """``[B, D]`` parameters against ``[S, B, D]`` samples above the serial threshold, grads summed over S.
+
+    Sizes above kernels.numba_cpu's PARALLEL_MIN_ELEMENTS; with D = 10 the
+    short-row kernels run over many chunks of rows, some gathered across blocks
+    of B rows and some (B = 1100 > CHUNK_ROWS) read in place within one block.
+    """
     if small_only(backend):
         pytest.skip(f"{backend} runs small shapes only (TEST_SHAPES_SMALL)")
-    S, B, Dl = 64, 33, 65  # 137,280 elements, above kernels.numba_cpu PARALLEL_MIN_ELEMENTS
     gen = torch.Generator().manual_seed(3)
     params = []
     for i, name in enumerate(OPS[op]):

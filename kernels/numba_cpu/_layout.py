@@ -140,3 +140,68 @@ def strided(t: torch.Tensor | None, R: int, D: int):
 @functools.lru_cache(maxsize=256)
 def _contiguous(R: int, D: int) -> tuple[int, int, int, int, int]:
     return layout(R, 0, D)
+
+
+# --------------------------------------------------------------------------- short rows
+
+#: Rows shorter than this run the chunked kernels: with ``D`` below two AVX2
+#: iterations of the unrolled loop (16 float32 lanes) the per-row loop never
+#: reaches its vector body and every ``exp`` is scalar (ppca: ``D`` = 3 and 10).
+SHORT_ROW = 32
+
+#: Rows per chunk of the short-row kernels (the chunk's elements are one flat,
+#: vectorized loop).
+CHUNK_ROWS = 512
+
+
+def rows_flat(a, layout, r0, nr, D, buf):  # pragma: no cover - replaced by the overload inside numba
+    """Rows ``r0 .. r0 + nr`` of ``a`` under ``layout`` as one flat ``nr * D`` array (None stays None).
+
+    A slice of ``a`` when the rows are consecutive in memory (contiguous inputs),
+    else gathered into ``buf``.
+    """
+    if a is None:
+        return None
+    out = buf[: nr * D]
+    for k in range(nr):
+        out[k * D : (k + 1) * D] = row(a, layout, r0 + k, D)
+    return out
+
+
+@overload(rows_flat, inline="always")
+def _rows_flat_impl(a, layout, r0, nr, D, buf):
+    if isinstance(a, types.NoneType):
+        return lambda a, layout, r0, nr, D, buf: None
+    if isinstance(a, types.Array):
+
+        def impl(a, layout, r0, nr, D, buf):
+            q0 = np.int64((np.uint64(r0) * np.uint64(layout[3])) >> np.uint64(layout[4]))
+            q1 = np.int64((np.uint64(r0 + nr - 1) * np.uint64(layout[3])) >> np.uint64(layout[4]))
+            base = q0 * layout[1] + (r0 - q0 * layout[0]) * layout[2]
+            if layout[2] == D and q0 == q1:  # consecutive rows: read in place
+                return a[base : base + nr * D]
+            out = buf[: nr * D]
+            for k in range(nr):
+                r = r0 + k
+                q = np.int64((np.uint64(r) * np.uint64(layout[3])) >> np.uint64(layout[4]))
+                b = q * layout[1] + (r - q * layout[0]) * layout[2]
+                for j in range(D):
+                    out[k * D + j] = a[b + j]
+            return out
+
+        return impl
+    return None
+
+
+def scratch(like, n):  # pragma: no cover - replaced by the overload inside numba
+    """``np.empty(n)`` of ``like``'s dtype, or a 0-length placeholder when ``like`` is None."""
+    return None if like is None else np.empty(n, like.dtype)
+
+
+@overload(scratch, inline="always")
+def _scratch_impl(like, n):
+    if isinstance(like, types.NoneType):
+        return lambda like, n: np.empty(0, np.float32)
+    if isinstance(like, types.Array):
+        return lambda like, n: np.empty(n, like.dtype)
+    return None

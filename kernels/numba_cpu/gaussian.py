@@ -30,7 +30,7 @@ from numba import njit, prange
 from ..philox import randn_at
 from ._common import apply, apply_backward, empty, flat, fold_vmap, keys, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
-from ._layout import row, strided
+from ._layout import CHUNK_ROWS, SHORT_ROW, row, rows_flat, scratch, strided
 from ._math import cst, fexp, seg
 
 # --------------------------------------------------------------------------- kernels
@@ -133,6 +133,111 @@ def _bwd_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dl
         _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
 
 
+@njit(**JIT_OPTIONS)
+def _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+    # Short rows (D < SHORT_ROW): the elements of CHUNK_ROWS rows as one flat,
+    # vectorized loop (Philox index = flat index of z), then per-row KL sums.
+    r0 = c * CHUNK_ROWS
+    nr = min(CHUNK_ROWS, R - r0)
+    n = nr * D
+    o = r0 * D
+    ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
+    vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
+    es = rows_flat(eps, el, r0, nr, D, scratch(eps, n))
+    z_ = seg(z, o, o + n)
+    t = scratch(kl, n)
+    half = cst(mu, 0.5)
+    one = cst(mu, 1.0)
+    idx0 = np.uint64(o)
+    for i in range(n):
+        m = ms[i]
+        v = vs[i]
+        s = fexp(v * half)
+        if z is not None:
+            if eps is None:
+                e = cst(mu, randn_at(k0, k1, idx0 + np.uint64(i)))
+            else:
+                e = es[i]
+            z_[i] = m + s * e
+        if kl is not None:
+            t[i] = s * s + m * m - one - v
+    if kl is not None:
+        for k in range(nr):
+            acc = 0.0
+            for j in range(k * D, (k + 1) * D):
+                acc += np.float64(t[j])
+            kl[r0 + k] = cst(kl, 0.5 * acc)
+
+
+@njit(**JIT_OPTIONS)
+def _fwd_chunked_serial(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+    for c in range((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _fwd_chunked_parallel(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+    for c in prange((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
+
+
+@njit(**JIT_OPTIONS)
+def _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+    # Short rows: as _bwd_row over CHUNK_ROWS rows at once, dkl spread over each row first.
+    r0 = c * CHUNK_ROWS
+    nr = min(CHUNK_ROWS, R - r0)
+    n = nr * D
+    o = r0 * D
+    ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
+    vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
+    es = rows_flat(eps, el, r0, nr, D, scratch(eps, n))
+    dzs = rows_flat(dz, dzl, r0, nr, D, scratch(dz, n))
+    gs = scratch(dkl, n)
+    if dkl is not None:
+        for k in range(nr):
+            gk = dkl[r0 + k]
+            for j in range(k * D, (k + 1) * D):
+                gs[j] = gk
+    dm_, dl_, de_ = seg(dmu, o, o + n), seg(dlv, o, o + n), seg(deps, o, o + n)
+    half = cst(mu, 0.5)
+    one = cst(mu, 1.0)
+    idx0 = np.uint64(o)
+    for i in range(n):
+        s = fexp(vs[i] * half)
+        gm = cst(mu, 0.0)
+        gl = cst(mu, 0.0)
+        if dz is not None:
+            gz = dzs[i]
+            if dlv is not None:
+                if eps is None:
+                    e = cst(mu, randn_at(k0, k1, idx0 + np.uint64(i)))
+                else:
+                    e = es[i]
+                gl = half * gz * s * e
+            if deps is not None:
+                de_[i] = gz * s
+            gm = gz
+        if dkl is not None:
+            gm = gm + gs[i] * ms[i]
+            gl = gl + half * gs[i] * (s * s - one)
+        if dmu is not None:
+            dm_[i] = gm
+        if dlv is not None:
+            dl_[i] = gl
+
+
+@njit(**JIT_OPTIONS)
+def _bwd_chunked_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+    for c in range((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _bwd_chunked_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+    for c in prange((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
+
+
 # --------------------------------------------------------------------------- launchers
 
 
@@ -165,7 +270,10 @@ def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None):
             kl.zero_()  # a sum over an empty last dim is 0
         return z, kl
     k0, k1 = keys(seed if eps is None else None)
-    kernel = _fwd_parallel if use_parallel(n) else _fwd_serial
+    if D < SHORT_ROW:
+        kernel = _fwd_chunked_parallel if use_parallel(n) else _fwd_chunked_serial
+    else:
+        kernel = _fwd_parallel if use_parallel(n) else _fwd_serial
     kernel(R, D, *strided(mu, R, D), *strided(logvar, R, D), *strided(eps, R, D), k0, k1, flat(z), flat(kl))
     return z, kl
 
@@ -197,7 +305,10 @@ def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=
     if n == 0 or (dmu is None and dlv is None and deps is None):
         return dmu, dlv, deps
     k0, k1 = keys(seed if eps is None else None)
-    kernel = _bwd_parallel if use_parallel(n) else _bwd_serial
+    if D < SHORT_ROW:
+        kernel = _bwd_chunked_parallel if use_parallel(n) else _bwd_chunked_serial
+    else:
+        kernel = _bwd_parallel if use_parallel(n) else _bwd_serial
     kernel(
         R, D, *strided(dz, R, D), flat(dkl), *strided(mu, R, D), *strided(logvar, R, D), *strided(eps, R, D),
         k0, k1, flat(dmu), flat(dlv), flat(deps),

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from ._common import apply, apply_backward, empty, flat, fold_vmap, needs_autograd, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS
-from ._layout import row, strided
+from ._layout import CHUNK_ROWS, SHORT_ROW, row, rows_flat, scratch, strided
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -98,6 +98,84 @@ def _normal_bwd_serial(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
 def _normal_bwd_parallel(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
     for r in prange(R):
         _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
+
+
+@njit(**JIT_OPTIONS)
+def _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out):
+    # Short rows (D < SHORT_ROW): rows c*CHUNK_ROWS .. as one flat, vectorized
+    # loop over their elements, then a per-row float64 sum of the terms.
+    r0 = c * CHUNK_ROWS
+    nr = min(CHUNK_ROWS, R - r0)
+    n = nr * D
+    xs = rows_flat(x, xl, r0, nr, D, scratch(x, n))
+    ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
+    vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
+    t = np.empty(n, x.dtype)
+    cc = cst(x, LOG_2PI)
+    for i in range(n):
+        v = vs[i]
+        d = xs[i] - ms[i]
+        t[i] = cc + v + d * d * fexp(-v)
+    for k in range(nr):
+        acc = 0.0
+        for j in range(k * D, (k + 1) * D):
+            acc += np.float64(t[j])
+        out[r0 + k] = cst(out, -0.5 * acc)
+
+
+@njit(**JIT_OPTIONS)
+def _normal_fwd_chunked_serial(R, D, x, xl, mu, mul, lv, lvl, out):
+    for c in range((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _normal_fwd_chunked_parallel(R, D, x, xl, mu, mul, lv, lvl, out):
+    for c in prange((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out)
+
+
+@njit(**JIT_OPTIONS)
+def _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+    # Short rows: the elements of CHUNK_ROWS rows as one flat loop, with the
+    # upstream gradient of each row spread over its elements first.
+    r0 = c * CHUNK_ROWS
+    nr = min(CHUNK_ROWS, R - r0)
+    n = nr * D
+    o = r0 * D
+    xs = rows_flat(x, xl, r0, nr, D, scratch(x, n))
+    ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
+    vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
+    gs = np.empty(n, x.dtype)
+    for k in range(nr):
+        gk = g[r0 + k]
+        for j in range(k * D, (k + 1) * D):
+            gs[j] = gk
+    half = cst(x, 0.5)
+    one = cst(x, 1.0)
+    dx_, dm_, dl_ = seg(dx, o, o + n), seg(dmu, o, o + n), seg(dlv, o, o + n)
+    for i in range(n):
+        d = xs[i] - ms[i]
+        q = d * fexp(-vs[i])
+        gq = gs[i] * q
+        if dx is not None:
+            dx_[i] = -gq
+        if dmu is not None:
+            dm_[i] = gq
+        if dlv is not None:
+            dl_[i] = -half * gs[i] * (one - d * q)
+
+
+@njit(**JIT_OPTIONS)
+def _normal_bwd_chunked_serial(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+    for c in range((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
+
+
+@njit(parallel=True, **JIT_OPTIONS)
+def _normal_bwd_chunked_parallel(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+    for c in prange((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
+        _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
 
 
 # --------------------------------------------------------------------------- Bernoulli
@@ -174,7 +252,10 @@ def normal_forward(x, mu, logvar, *, out=None):
     if n == 0:
         res.zero_()  # a sum over an empty last dim is 0 (and no rows: nothing to fill)
         return res
-    kernel = _normal_fwd_parallel if use_parallel(n) else _normal_fwd_serial
+    if D < SHORT_ROW:
+        kernel = _normal_fwd_chunked_parallel if use_parallel(n) else _normal_fwd_chunked_serial
+    else:
+        kernel = _normal_fwd_parallel if use_parallel(n) else _normal_fwd_serial
     kernel(R, D, *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), flat(res))
     return res
 
@@ -194,7 +275,10 @@ def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None):
     n = x.numel()
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
-    kernel = _normal_bwd_parallel if use_parallel(n) else _normal_bwd_serial
+    if D < SHORT_ROW:
+        kernel = _normal_bwd_chunked_parallel if use_parallel(n) else _normal_bwd_chunked_serial
+    else:
+        kernel = _normal_bwd_parallel if use_parallel(n) else _normal_bwd_serial
     kernel(R, D, flat(g), *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), *(flat(t) for t in grads))
     return tuple(grads)
 
