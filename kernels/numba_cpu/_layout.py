@@ -131,10 +131,29 @@ def strided(t: torch.Tensor | None, R: int, D: int):
     t = t.detach()
     lay = collapse(t.shape, t.stride(), D)
     if lay is None:
-        return flat(t.contiguous()), _contiguous(R, D)
+        t = _compact(t)  # only the distinct rows copied, e.g. a scalar expanded everywhere (stride 0 in D too)
+        lay = collapse(t.shape, t.stride(), D)
+        if lay is None:
+            return flat(t.contiguous()), _contiguous(R, D)
     inner, so, si, extent = lay
     a = t.as_strided((extent,), (1,)).numpy()
     return a, layout(inner, so, si)
+
+
+def _compact(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with its distinct rows made contiguous, broadcast back to its shape.
+
+    Leading dims with stride 0 keep one entry, the rest (the last dim included)
+    is copied: a scalar expanded to ``[S, R, B, D]`` becomes one row of ``D``
+    values read by every row, instead of ``S * R * B * D`` copies. When no leading
+    dim is broadcast this is ``t`` itself (and the caller copies it whole).
+    """
+    idx = tuple(
+        slice(0, 1) if (s == 0 and n > 1) else slice(None) for n, s in zip(t.shape[:-1], t.stride()[:-1], strict=True)
+    )
+    if all(i == slice(None) for i in idx):
+        return t
+    return t[idx].contiguous().expand(t.shape)
 
 
 @functools.lru_cache(maxsize=256)
