@@ -49,9 +49,9 @@ def rows(shape: torch.Size) -> tuple[int, int]:
     return math.prod(shape[:-1]), shape[-1]
 
 
-def use_parallel(numel: int) -> bool:
-    """Parallel kernels only pay off above :data:`PARALLEL_MIN_ELEMENTS` and with >1 thread."""
-    return numel >= PARALLEL_MIN_ELEMENTS and numba.get_num_threads() > 1
+def use_parallel(numel: int, min_elements: int = PARALLEL_MIN_ELEMENTS) -> bool:
+    """Parallel kernels only pay off above ``min_elements`` (see :mod:`._flags`) and with >1 thread."""
+    return numel >= min_elements and numba.get_num_threads() > 1
 
 
 def keys(seed: int | None) -> tuple[np.uint64, np.uint64]:

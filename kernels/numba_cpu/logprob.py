@@ -25,7 +25,7 @@ import torch
 from numba import njit, prange
 
 from ._common import apply, apply_backward, empty, flat, fold_vmap, needs_autograd, rows, use_parallel
-from ._flags import BLOCK, JIT_OPTIONS
+from ._flags import BLOCK, JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_BERNOULLI
 from ._layout import CHUNK_ROWS, SHORT_ROW, row, rows_flat, scratch, strided
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
@@ -292,7 +292,7 @@ def bernoulli_forward(x, logits, *, out=None):
     if n == 0:
         res.zero_()
         return res
-    kernel = _bern_fwd_parallel if use_parallel(n) else _bern_fwd_serial
+    kernel = _bern_fwd_parallel if use_parallel(n, PARALLEL_MIN_ELEMENTS_BERNOULLI) else _bern_fwd_serial
     kernel(R, D, *strided(x, R, D), *strided(logits, R, D), flat(res))
     return res
 
@@ -312,7 +312,7 @@ def bernoulli_backward(g, x, logits, need_x, need_l, *, out=None):
     n = x.numel()
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
-    kernel = _bern_bwd_parallel if use_parallel(n) else _bern_bwd_serial
+    kernel = _bern_bwd_parallel if use_parallel(n, PARALLEL_MIN_ELEMENTS_BERNOULLI) else _bern_bwd_serial
     kernel(R, D, flat(g), *strided(x, R, D), *strided(logits, R, D), *(flat(t) for t in grads))
     return tuple(grads)
 
