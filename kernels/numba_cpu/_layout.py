@@ -35,10 +35,11 @@ import functools
 
 import numpy as np
 import torch
-from numba import types
+from numba import njit, types
 from numba.extending import overload
 
 from ._common import flat
+from ._flags import JIT_OPTIONS
 
 #: Rows a layout can address (the magic division is exact below this).
 MAX_ROWS = 1 << 31
@@ -173,6 +174,45 @@ SHORT_ROW = 32
 CHUNK_ROWS = 512
 
 
+@njit(inline="always", **JIT_OPTIONS)
+def _copy(dst, src):
+    # An element loop (vectorized), not slice assignment: numba's array setitem
+    # checks for overlap and may copy through a temporary, ~0.5 us a call.
+    for t in range(dst.shape[0]):
+        dst[t] = src[t]
+
+
+@njit(**JIT_OPTIONS)
+def _gather(a, layout, r0, nr, D, out):
+    # Rows r0 .. r0 + nr of `a` under `layout` into `out` (nr * D); a function of its
+    # own rather than inlined (numba's inliner mishandles its while loops).
+    inner, so, si = layout[0], layout[1], layout[2]
+    # By runs of rows within one block of `inner` rows, each run one or a few
+    # vectorized copies instead of D scalar copies per row.
+    k = 0
+    while k < nr:
+        r = r0 + k
+        q = np.int64((np.uint64(r) * np.uint64(layout[3])) >> np.uint64(layout[4]))
+        rem = r - q * inner
+        b = q * so + rem * si
+        run = min(inner - rem, nr - k)
+        if si == D:  # consecutive rows
+            _copy(out[k * D : (k + run) * D], a[b : b + run * D])
+        elif si == 0:  # the same row repeated: copy it once, then double the filled part
+            _copy(out[k * D : (k + 1) * D], a[b : b + D])
+            filled = 1
+            while filled < run:
+                c = min(filled, run - filled)
+                _copy(out[(k + filled) * D : (k + filled + c) * D], out[k * D : (k + c) * D])
+                filled += c
+        else:  # rows a fixed stride apart (a column slice)
+            for kk in range(run):
+                bb = b + kk * si
+                _copy(out[(k + kk) * D : (k + kk + 1) * D], a[bb : bb + D])
+        k += run
+    return out
+
+
 def rows_flat(a, layout, r0, nr, D, buf):  # pragma: no cover - replaced by the overload inside numba
     """Rows ``r0 .. r0 + nr`` of ``a`` under ``layout`` as one flat ``nr * D`` array (None stays None).
 
@@ -199,14 +239,7 @@ def _rows_flat_impl(a, layout, r0, nr, D, buf):
             base = q0 * layout[1] + (r0 - q0 * layout[0]) * layout[2]
             if layout[2] == D and q0 == q1:  # consecutive rows: read in place
                 return a[base : base + nr * D]
-            out = buf[: nr * D]
-            for k in range(nr):
-                r = r0 + k
-                q = np.int64((np.uint64(r) * np.uint64(layout[3])) >> np.uint64(layout[4]))
-                b = q * layout[1] + (r - q * layout[0]) * layout[2]
-                for j in range(D):
-                    out[k * D + j] = a[b + j]
-            return out
+            return _gather(a, layout, r0, nr, D, buf[: nr * D])
 
         return impl
     return None

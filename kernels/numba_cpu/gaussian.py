@@ -163,9 +163,9 @@ def _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
             t[i] = s * s + m * m - one - v
     if kl is not None:
         for k in range(nr):
-            acc = 0.0
+            acc = cst(t, 0.0)  # fewer than SHORT_ROW terms: summed in the input dtype (see the row kernel)
             for j in range(k * D, (k + 1) * D):
-                acc += np.float64(t[j])
+                acc += t[j]
             kl[r0 + k] = cst(kl, 0.5 * acc)
 
 

@@ -117,9 +117,9 @@ def _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out):
         d = xs[i] - ms[i]
         t[i] = cc + v + d * d * fexp(-v)
     for k in range(nr):
-        acc = 0.0
+        acc = cst(t, 0.0)  # fewer than SHORT_ROW terms: summed in the input dtype, as a block of the row kernels
         for j in range(k * D, (k + 1) * D):
-            acc += np.float64(t[j])
+            acc += t[j]
         out[r0 + k] = cst(out, -0.5 * acc)
 
 
