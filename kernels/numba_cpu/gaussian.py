@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ..philox import randn_at
 from ._common import apply, apply_backward, empty, flat, fold_vmap, keys, needs_autograd, rows, use_parallel
@@ -82,13 +83,55 @@ def _fwd_parallel(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
         _fwd_row(r, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
 
 
+def per_row(g, i):  # pragma: no cover - replaced by the overload inside numba
+    """``g[i]`` for a per-element array, ``g`` itself for a scalar (one row's value)."""
+    return g if np.ndim(g) == 0 else g[i]
+
+
+@overload(per_row, inline="always")
+def _per_row_impl(g, i):
+    if isinstance(g, types.Array):
+        return lambda g, i: g[i]
+    return lambda g, i: g
+
+
+@njit(**JIT_OPTIONS)  # a call, not IR inlining: numba prunes the None branches only in a compiled signature
+def _bwd_elems(n, dz_, dkl, g, m_, v_, e_, k0, k1, idx0, dm_, dl_, de_):
+    # The backward of n elements: dz_, m_, v_, e_ (None: Philox at idx0 + i) inputs,
+    # dm_, dl_, de_ outputs (None: not wanted); g is the KL's upstream gradient,
+    # a scalar (one row) or an n-array (a chunk of rows), used when dkl is not None.
+    half = cst(m_, 0.5)
+    one = cst(m_, 1.0)
+    for i in range(n):
+        s = fexp(v_[i] * half)
+        gm = cst(m_, 0.0)
+        gl = cst(m_, 0.0)
+        if dz_ is not None:
+            gz = dz_[i]
+            if dl_ is not None:
+                if e_ is None:
+                    e = cst(m_, randn_at(k0, k1, idx0 + np.uint64(i)))
+                else:
+                    e = e_[i]
+                gl = half * gz * s * e
+            if de_ is not None:
+                de_[i] = gz * s
+            gm = gz
+        if dkl is not None:
+            gi = per_row(g, i)
+            gm = gm + gi * m_[i]
+            gl = gl + half * gi * (s * s - one)
+        if dm_ is not None:
+            dm_[i] = gm
+        if dl_ is not None:
+            dl_[i] = gl
+
+
 @njit(**JIT_OPTIONS)
 def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
     # dz: upstream gradient of z or None; dkl: [R] or None; mu, lv, eps (None:
     # Philox) and dz are read as rows of their layouts (see _layout); dmu, dlv,
     # deps: [R*D] outputs, each None when not wanted.
-    half = cst(mu, 0.5)
-    one = cst(mu, 1.0)
     g = cst(mu, 0.0)
     if dkl is not None:
         g = dkl[r]
@@ -97,28 +140,7 @@ def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, de
     m_, v_, e_, dz_ = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D), row(dz, dzl, r, D)
     dm_, dl_, de_ = seg(dmu, b0, b1), seg(dlv, b0, b1), seg(deps, b0, b1)
     idx0 = np.uint64(b0)  # Philox index of the row's first element (a uint64 base vectorizes; int64 + j did not)
-    for j in range(D):
-        s = fexp(v_[j] * half)
-        gm = cst(mu, 0.0)
-        gl = cst(mu, 0.0)
-        if dz is not None:
-            gz = dz_[j]
-            if dlv is not None:
-                if eps is None:
-                    e = cst(mu, randn_at(k0, k1, idx0 + np.uint64(j)))
-                else:
-                    e = e_[j]
-                gl = half * gz * s * e
-            if deps is not None:
-                de_[j] = gz * s
-            gm = gz
-        if dkl is not None:
-            gm = gm + g * m_[j]
-            gl = gl + half * g * (s * s - one)
-        if dmu is not None:
-            dm_[j] = gm
-        if dlv is not None:
-            dl_[j] = gl
+    _bwd_elems(D, dz_, dkl, g, m_, v_, e_, k0, k1, idx0, dm_, dl_, de_)
 
 
 @njit(**JIT_OPTIONS)
@@ -199,31 +221,7 @@ def _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dl
             for j in range(k * D, (k + 1) * D):
                 gs[j] = gk
     dm_, dl_, de_ = seg(dmu, o, o + n), seg(dlv, o, o + n), seg(deps, o, o + n)
-    half = cst(mu, 0.5)
-    one = cst(mu, 1.0)
-    idx0 = np.uint64(o)
-    for i in range(n):
-        s = fexp(vs[i] * half)
-        gm = cst(mu, 0.0)
-        gl = cst(mu, 0.0)
-        if dz is not None:
-            gz = dzs[i]
-            if dlv is not None:
-                if eps is None:
-                    e = cst(mu, randn_at(k0, k1, idx0 + np.uint64(i)))
-                else:
-                    e = es[i]
-                gl = half * gz * s * e
-            if deps is not None:
-                de_[i] = gz * s
-            gm = gz
-        if dkl is not None:
-            gm = gm + gs[i] * ms[i]
-            gl = gl + half * gs[i] * (s * s - one)
-        if dmu is not None:
-            dm_[i] = gm
-        if dlv is not None:
-            dl_[i] = gl
+    _bwd_elems(n, dzs, dkl, gs, ms, vs, es, k0, k1, np.uint64(o), dm_, dl_, de_)
 
 
 @njit(**JIT_OPTIONS)
