@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -238,12 +239,12 @@ class LinearGaussianVAE(nn.Module):
     # protocol
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [B, d] -> (mu = x A^T + c [B, k], logvar [B, k])``."""
-        mu = x @ self.encoder.weight.T + self.encoder.bias
+        mu = F.linear(x, self.encoder.weight, self.encoder.bias)  # one fused pass (addmm), not matmul + add
         return mu, self.encoder.logvar.expand(mu.shape)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z [..., k] -> (mean = z W^T + b [..., d], logvar = log s2 [..., d])``."""
-        mean = z @ self.decoder.weight.T + self.decoder.bias
+        mean = F.linear(z, self.decoder.weight, self.decoder.bias)  # the S x R x B rows: bias fused in one pass
         return mean, self.decoder.log_s2.expand(mean.shape)
 
     # closed forms

@@ -44,6 +44,28 @@ def empty(shape, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.empty(tuple(shape), _NP_DTYPES[dtype]))
 
 
+def output(shape, dtype: torch.dtype, given: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """``(tensor, flat numpy view)`` of a new contiguous output (or of ``given``, preallocated)."""
+    if given is not None:
+        return given, flat(given)
+    a = np.empty(tuple(shape), _NP_DTYPES[dtype])
+    return torch.from_numpy(a), a.reshape(-1)
+
+
+def outputs(shape, dtype: torch.dtype, wanted, given=None) -> tuple[tuple, tuple]:
+    """New outputs (or ``given[i]``) where ``wanted[i]``, else None: ``(tensors, flat numpy views)``."""
+    ts, arrays = [], []
+    for i, flag in enumerate(wanted):
+        if not flag:
+            ts.append(None)
+            arrays.append(None)
+        else:
+            t, a = output(shape, dtype, None if given is None else given[i])
+            ts.append(t)
+            arrays.append(a)
+    return tuple(ts), tuple(arrays)
+
+
 def rows(shape: torch.Size) -> tuple[int, int]:
     """``(R, D)``: number of rows and row length of a ``[..., D]`` shape."""
     return math.prod(shape[:-1]), shape[-1]
@@ -87,6 +109,13 @@ def needs_autograd(*tensors: torch.Tensor | None) -> bool:
     if peek_interpreter_stack() is not None or any(is_functorch_wrapped_tensor(t) for t in ts):
         return True
     return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def _plain(*tensors) -> bool:
+    """True when the lean legacy-style Functions may run: no transform active or wrapping an input."""
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return not any(t is not None and is_functorch_wrapped_tensor(t) for t in tensors)
 
 
 def apply(fn: type[torch.autograd.Function], *args):

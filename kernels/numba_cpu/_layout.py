@@ -32,6 +32,7 @@ The full layout is ``(inner, outer_stride, inner_stride, magic, shift)``.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -46,7 +47,11 @@ MAX_ROWS = 1 << 31
 
 
 def magic(inner: int) -> tuple[int, int]:
-    """``(magic, shift)`` with ``r // inner == (r * magic) >> shift`` for ``0 <= r < 2**31`` (module doc)."""
+    """``(magic, shift)`` with ``r // inner == (r * magic) >> shift`` for ``0 <= r < 2**31`` (module doc).
+
+    An empty input (``inner == 0``, no rows to address) gets the layout of ``inner == 1``.
+    """
+    inner = max(inner, 1)
     shift = 31 + (inner - 1).bit_length()
     return -(-(1 << shift) // inner), shift
 
@@ -121,24 +126,50 @@ def strided(t: torch.Tensor | None, R: int, D: int):
 
     Contiguous tensors take the fast path ``(flat view, (R, 0, D))``; views that
     :func:`collapse` describes are read through a 1-D array over their storage;
-    anything else is made contiguous (a copy).
+    anything else is made contiguous (a copy). The plan of a ``(shape, strides)``
+    is cached (:func:`_plan`): training calls the same few shapes every step, and
+    at small batches this Python glue, not the kernel, is most of an op's time.
     """
     if t is None:
         return None, NO_LAYOUT
-    if R >= MAX_ROWS:
-        raise ValueError(f"the numba kernels address at most 2**31 - 1 rows, got {R} rows of {D}")
-    if t.is_contiguous():
-        return flat(t), _contiguous(R, D)
     t = t.detach()
+    extent, lay = _plan(t.shape, t.stride(), D)
+    if extent == 0:  # contiguous
+        a = t.numpy()
+        a.shape = (a.size,)  # a view, or an error (never a silent copy)
+        return a, lay
+    if extent > 0:
+        return t.as_strided((extent,), (1,)).numpy(), lay
+    t = _compact(t)  # only the distinct rows copied, e.g. a scalar expanded everywhere (stride 0 in D too)
     lay = collapse(t.shape, t.stride(), D)
     if lay is None:
-        t = _compact(t)  # only the distinct rows copied, e.g. a scalar expanded everywhere (stride 0 in D too)
-        lay = collapse(t.shape, t.stride(), D)
-        if lay is None:
-            return flat(t.contiguous()), _contiguous(R, D)
+        return flat(t.contiguous()), _contiguous(R, D)
     inner, so, si, extent = lay
-    a = t.as_strided((extent,), (1,)).numpy()
-    return a, layout(inner, so, si)
+    return t.as_strided((extent,), (1,)).numpy(), layout(inner, so, si)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(shape: tuple[int, ...], strides: tuple[int, ...], D: int) -> tuple[int, tuple]:
+    """``(0, layout)`` for a contiguous view, ``(extent, layout)`` for one read in place, ``(-1, None)`` else."""
+    R = math.prod(shape[:-1])
+    if R >= MAX_ROWS:
+        raise ValueError(f"the numba kernels address at most 2**31 - 1 rows, got {R} rows of {D}")
+    if 0 in shape:  # empty: nothing is read (a flat view of its no elements)
+        return 0, _contiguous(R, D)
+    expected = 1
+    contiguous = True
+    for n, s in zip(reversed(shape), reversed(strides), strict=True):
+        if n != 1 and s != expected:
+            contiguous = False
+            break
+        expected *= n
+    if contiguous:
+        return 0, _contiguous(R, D)
+    lay = collapse(shape, strides, D)
+    if lay is None:
+        return -1, None
+    inner, so, si, extent = lay
+    return extent, layout(inner, so, si)
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ._common import apply, apply_backward, empty, flat, fold_vmap, needs_autograd, rows, use_parallel
+from ._common import _plain, apply, apply_backward, flat, fold_vmap, needs_autograd, output, outputs, rows, use_parallel
 from ._flags import BLOCK, JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_BERNOULLI
 from ._layout import CHUNK_ROWS, SHORT_ROW, row, rows_flat, scratch, strided
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
@@ -182,31 +182,37 @@ def _normal_bwd_chunked_parallel(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
 
 
 @njit(**JIT_OPTIONS)
-def _bern_fwd_row(r, D, x, xl, logits, ll, out):
-    # x, logits: rows of their layouts (_layout); out: [R]. Blocks indexed from 0 (_math.seg).
+def _bern_fwd_row(r, D, x, xl, logits, ll, out, dl):
+    # x, logits: rows of their layouts (_layout); out: [R]; dl: [R*D] or None, the
+    # unit-upstream gradient x - sigmoid(l) written in the same pass (its exp(-|l|)
+    # shared with the softplus). Blocks indexed from 0 (_math.seg).
     xr, lr = row(x, xl, r, D), row(logits, ll, r, D)
+    dr = seg(dl, r * D, (r + 1) * D)
     acc = 0.0
     for lo in range(0, D, BLOCK):
         hi = min(lo + BLOCK, D)
-        x_, l_ = seg(xr, lo, hi), seg(lr, lo, hi)
+        x_, l_, d_ = seg(xr, lo, hi), seg(lr, lo, hi), seg(dr, lo, hi)
         part = cst(x, 0.0)
         for j in range(hi - lo):
             lj = l_[j]
-            part += x_[j] * lj - fsoftplus(lj)
+            xj = x_[j]
+            part += xj * lj - fsoftplus(lj)
+            if dl is not None:
+                d_[j] = xj - fsigmoid(lj)
         acc += np.float64(part)
     out[r] = cst(out, acc)
 
 
 @njit(**JIT_OPTIONS)
-def _bern_fwd_serial(R, D, x, xl, logits, ll, out):
+def _bern_fwd_serial(R, D, x, xl, logits, ll, out, dl):
     for r in range(R):
-        _bern_fwd_row(r, D, x, xl, logits, ll, out)
+        _bern_fwd_row(r, D, x, xl, logits, ll, out, dl)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _bern_fwd_parallel(R, D, x, xl, logits, ll, out):
+def _bern_fwd_parallel(R, D, x, xl, logits, ll, out, dl):
     for r in prange(R):
-        _bern_fwd_row(r, D, x, xl, logits, ll, out)
+        _bern_fwd_row(r, D, x, xl, logits, ll, out, dl)
 
 
 @njit(**JIT_OPTIONS)
@@ -240,14 +246,14 @@ def _bern_bwd_parallel(R, D, g, x, xl, logits, ll, dx, dl):
 
 
 def _row_out(shape, dtype, out):
-    return out if out is not None else empty(shape[:-1], dtype)
+    return output(shape[:-1], dtype, out)
 
 
 def normal_forward(x, mu, logvar, *, out=None):
     """Gaussian log density per row of ``[..., D]`` inputs -> ``[...]``."""
     shape = x.shape
     R, D = rows(shape)
-    res = _row_out(shape, x.dtype, out)
+    res, ra = _row_out(shape, x.dtype, out)
     n = x.numel()
     if n == 0:
         res.zero_()  # a sum over an empty last dim is 0 (and no rows: nothing to fill)
@@ -256,7 +262,7 @@ def normal_forward(x, mu, logvar, *, out=None):
         kernel = _normal_fwd_chunked_parallel if use_parallel(n) else _normal_fwd_chunked_serial
     else:
         kernel = _normal_fwd_parallel if use_parallel(n) else _normal_fwd_serial
-    kernel(R, D, *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), flat(res))
+    kernel(R, D, *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), ra)
     return res
 
 
@@ -264,14 +270,7 @@ def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None):
     """``(dx, dmu, dlogvar)`` of the Gaussian log density (None where not needed)."""
     shape = x.shape
     R, D = rows(shape)
-    grads = []
-    for i, flag in enumerate((need_x, need_mu, need_lv)):
-        if not flag:
-            grads.append(None)
-        elif out is not None and out[i] is not None:
-            grads.append(out[i])
-        else:
-            grads.append(empty(shape, x.dtype))
+    grads, arrays = outputs(shape, x.dtype, (need_x, need_mu, need_lv), out)
     n = x.numel()
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
@@ -279,41 +278,39 @@ def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None):
         kernel = _normal_bwd_chunked_parallel if use_parallel(n) else _normal_bwd_chunked_serial
     else:
         kernel = _normal_bwd_parallel if use_parallel(n) else _normal_bwd_serial
-    kernel(R, D, flat(g), *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), *(flat(t) for t in grads))
+    kernel(R, D, flat(g), *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), *arrays)
     return tuple(grads)
 
 
-def bernoulli_forward(x, logits, *, out=None):
-    """Bernoulli log-likelihood per row of ``[..., D]`` inputs -> ``[...]``."""
+def bernoulli_forward(x, logits, *, out=None, with_grad=False):
+    """Bernoulli log-likelihood per row of ``[..., D]`` inputs -> ``[...]``.
+
+    With ``with_grad`` also ``x - sigmoid(logits)`` ``[..., D]`` (the gradient in the
+    logits for a unit upstream gradient) from the same pass: returns ``(ll, grad)``.
+    """
     shape = x.shape
     R, D = rows(shape)
-    res = _row_out(shape, x.dtype, out)
+    res, ra = _row_out(shape, x.dtype, out)
+    grad, ga = output(shape, x.dtype) if with_grad else (None, None)
     n = x.numel()
     if n == 0:
         res.zero_()
-        return res
+        return (res, grad) if with_grad else res
     kernel = _bern_fwd_parallel if use_parallel(n, PARALLEL_MIN_ELEMENTS_BERNOULLI) else _bern_fwd_serial
-    kernel(R, D, *strided(x, R, D), *strided(logits, R, D), flat(res))
-    return res
+    kernel(R, D, *strided(x, R, D), *strided(logits, R, D), ra, ga)
+    return (res, grad) if with_grad else res
 
 
 def bernoulli_backward(g, x, logits, need_x, need_l, *, out=None):
     """``(dx, dlogits)`` of the Bernoulli log-likelihood (None where not needed)."""
     shape = x.shape
     R, D = rows(shape)
-    grads = []
-    for i, flag in enumerate((need_x, need_l)):
-        if not flag:
-            grads.append(None)
-        elif out is not None and out[i] is not None:
-            grads.append(out[i])
-        else:
-            grads.append(empty(shape, x.dtype))
+    grads, arrays = outputs(shape, x.dtype, (need_x, need_l), out)
     n = x.numel()
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
     kernel = _bern_bwd_parallel if use_parallel(n, PARALLEL_MIN_ELEMENTS_BERNOULLI) else _bern_bwd_serial
-    kernel(R, D, flat(g), *strided(x, R, D), *strided(logits, R, D), *(flat(t) for t in grads))
+    kernel(R, D, flat(g), *strided(x, R, D), *strided(logits, R, D), *arrays)
     return tuple(grads)
 
 
@@ -402,6 +399,33 @@ class BernoulliLogProb(torch.autograd.Function):
         return fold_vmap(BernoulliLogProb, info, in_dims, args)
 
 
+class _PlainBernoulliLogProb(torch.autograd.Function):
+    """The Bernoulli log-likelihood for a plain ``backward()`` (no transform), in the logits only.
+
+    The forward pass writes ``x - sigmoid(logits)`` next to the log-likelihood (one
+    exp shared by both), so the backward is one multiply by the upstream gradient
+    instead of a second kernel and its launcher: at the batch sizes of VAE
+    training the launcher's Python, not the kernel, is most of a backward's time.
+    In bytes it is no worse either: the forward writes one more ``[..., D]`` array,
+    the backward reads it instead of x and the logits. A second derivative
+    (``create_graph=True``) goes through the transform-aware Function path.
+    """
+
+    @staticmethod
+    def forward(ctx, x, logits):
+        ll, grad = bernoulli_forward(x, logits, with_grad=True)
+        ctx.grad = grad
+        ctx.save_for_backward(x, logits)
+        return ll
+
+    @staticmethod
+    def backward(ctx, g):
+        if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
+            x, logits = ctx.saved_tensors
+            return apply(BernoulliLogProbBackward, g, x, logits, False, True)
+        return None, g.unsqueeze(-1) * ctx.grad
+
+
 # --------------------------------------------------------------------------- backend entry points
 
 
@@ -415,5 +439,7 @@ def normal_log_prob(x, mu, logvar):
 def bernoulli_log_prob(x, logits):
     """``[...]`` Bernoulli log-likelihood of ``[..., D]`` x under logits."""
     if needs_autograd(x, logits):
+        if not x.requires_grad and _plain(x, logits):
+            return _PlainBernoulliLogProb.apply(x, logits)
         return apply(BernoulliLogProb, x, logits)
     return bernoulli_forward(x, logits)
