@@ -204,6 +204,31 @@ def test_numba_and_torch_give_the_same_training_curve():
     assert rel.max() < 1e-4, rel.max()
 
 
+def test_lockstep_throughput_trains_each_config_as_train_does():
+    """The paired throughput runs train exactly as :func:`train` (same steps, same bounds), timed per step."""
+    from bench import datasets
+
+    data = datasets.load("digits", seed=0)
+    base = T.TrainConfig(estimator="reparam", backend="torch", steps=12, batch_size=16, eval_every=12, is_k=0)
+    other = "numba" if "numba" in kernels.available_backends("cpu") else "torch"
+    short = T.TrainConfig(estimator="stl", backend=other, steps=5, batch_size=16, eval_every=5, is_k=0)
+    runs = T.lockstep_throughput([base, short], dataset=data)
+    assert [r["config"] for r in runs] == [base, short]
+    for run, cfg in zip(runs, (base, short), strict=True):
+        assert len(run["step_s"]) == len(run["train_elbo"]) == cfg.steps
+        assert all(t > 0 for t in run["step_s"])
+        assert run["examples_per_s"] > 0 and run["examples_per_s_mean"] > 0
+        # train()'s train_elbo at its single evaluation is the mean bound of all its steps
+        df = T.to_frame(T.train(cfg, dataset=data))
+        want = df[df.metric == "train_elbo"].value.iloc[-1]
+        assert math.isclose(sum(run["train_elbo"]) / cfg.steps, want, rel_tol=1e-5)
+
+
+def test_lockstep_throughput_needs_configs():
+    with pytest.raises(ValueError, match="configs must name at least one"):
+        T.lockstep_throughput([])
+
+
 # --------------------------------------------------------------------------- importance sampling
 class _LinearGaussian(nn.Module):
     """p(z) = N(0, I_k), p(x|z) = N(Wz + b, s2 I); q(z|x) = N(A x + c, diag exp(lv)) (deliberately inexact)."""

@@ -15,7 +15,7 @@ import math
 import numba
 import numpy as np
 import torch
-from torch._C._functorch import is_functorch_wrapped_tensor, peek_interpreter_stack
+from torch._C._functorch import is_functorch_wrapped_tensor
 from torch._functorch.utils import unwrap_dead_wrappers
 
 from ..philox import _fill_normal_parallel, _fill_normal_serial, split_seed
@@ -98,24 +98,43 @@ def noise(shape, seed: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def needs_autograd(*tensors: torch.Tensor | None) -> bool:
-    """True when the call must go through an ``autograd.Function``.
+    """True when the call must go through an ``autograd.Function`` (:func:`route` is not ``NO_GRAD``)."""
+    return route(*tensors) != NO_GRAD
 
-    That is when grad mode is on and an input requires grad, or when a
-    ``torch.func`` transform (``vmap``/``grad``) is active or wraps an input: its
-    rules live on the Function, and under a transform even ``torch.empty`` returns
-    a wrapped tensor without storage that numba cannot write.
+
+#: :func:`route` results.
+NO_GRAD, PLAIN, TRANSFORM = 0, 1, 2
+
+
+def route(*tensors: torch.Tensor | None) -> int:
+    """Which path a call takes, in one pass over its inputs.
+
+    * ``TRANSFORM``: a ``torch.func`` transform is active or wraps an input; the
+      transform-aware Function (``setup_context``, ``vmap`` rule) must run, and under
+      a transform even ``torch.empty`` returns a wrapped tensor numba cannot write;
+    * ``PLAIN``: grad mode is on and an input requires grad: the lean legacy-style
+      Function of the op (see :func:`plain_apply`);
+    * ``NO_GRAD``: call the kernel launcher directly, no autograd bookkeeping.
     """
-    ts = [t for t in tensors if t is not None]
-    if peek_interpreter_stack() is not None or any(is_functorch_wrapped_tensor(t) for t in ts):
-        return True
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
-
-
-def _plain(*tensors) -> bool:
-    """True when the lean legacy-style Functions may run: no transform active or wrapping an input."""
     if torch._C._are_functorch_transforms_active():
-        return False
-    return not any(t is not None and is_functorch_wrapped_tensor(t) for t in tensors)
+        return TRANSFORM
+    grad = False
+    for t in tensors:
+        if t is not None:
+            if is_functorch_wrapped_tensor(t):
+                return TRANSFORM
+            grad = grad or t.requires_grad
+    return PLAIN if grad and torch.is_grad_enabled() else NO_GRAD
+
+
+def plain_apply(fn: type[torch.autograd.Function], *args):
+    """``fn.apply(*args)`` for a legacy-style Function once :func:`route` said ``PLAIN``.
+
+    ``Function.apply``'s Python wrapper only re-checks for transforms and dead
+    functorch wrappers, which :func:`route` has ruled out; this goes to the C++
+    ``_FunctionBase.apply`` directly (the same call it ends in).
+    """
+    return super(torch.autograd.Function, fn).apply(*args)
 
 
 def apply(fn: type[torch.autograd.Function], *args):

@@ -30,15 +30,17 @@ from numba.extending import overload
 
 from ..philox import randn_at
 from ._common import (
-    _plain,
+    PLAIN,
+    TRANSFORM,
     apply,
     apply_backward,
     flat,
     fold_vmap,
     keys,
-    needs_autograd,
     output,
     outputs,
+    plain_apply,
+    route,
     rows,
     use_parallel,
 )
@@ -444,7 +446,7 @@ class _PlainRsampleKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, eps, seed, want_z, want_kl):
         prepared = prepare(mu, logvar, eps)
-        ctx.prepared, ctx.seed, ctx.want_z, ctx.want_kl = prepared, seed, want_z, want_kl
+        ctx.state = (prepared, seed, want_z, want_kl)
         ctx.save_for_backward(mu, logvar, eps)  # keeps them alive and version-checked
         z, kl = forward(mu, logvar, eps, seed, want_z, want_kl, prepared=prepared)
         if not want_z:
@@ -455,20 +457,19 @@ class _PlainRsampleKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        dz = grads[0] if ctx.want_z else None
-        dkl = grads[-1] if ctx.want_kl else None
+        prepared, seed, want_z, want_kl = ctx.state
+        dz = grads[0] if want_z else None
+        dkl = grads[-1] if want_kl else None
         mu, logvar, eps = ctx.saved_tensors
         need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
-            dmu, dlv, deps = apply(GaussianBackward, dz, dkl, mu, logvar, eps, ctx.seed, need_mu, need_lv, need_eps)
+            dmu, dlv, deps = apply(GaussianBackward, dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps)
             return dmu, dlv, deps, None, None, None
         if dkl is None and need_mu:  # rsample only: dmu = dz exactly
-            _, dlv, deps = backward(
-                dz, None, mu, logvar, eps, ctx.seed, False, need_lv, need_eps, prepared=ctx.prepared
-            )
+            _, dlv, deps = backward(dz, None, mu, logvar, eps, seed, False, need_lv, need_eps, prepared=prepared)
             return dz, dlv, deps, None, None, None
         dmu, dlv, deps = backward(
-            dz, dkl, mu, logvar, eps, ctx.seed, need_mu, need_lv, need_eps, prepared=ctx.prepared
+            dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, prepared=prepared
         )  # fmt: skip
         return dmu, dlv, deps, None, None, None
 
@@ -478,26 +479,29 @@ class _PlainRsampleKL(torch.autograd.Function):
 
 def normal_rsample(mu, logvar, eps, seed):
     """``z = mu + exp(logvar / 2) * eps`` for ``[..., D]`` inputs (eps None: Philox stream of seed)."""
-    if needs_autograd(mu, logvar, eps):
-        if _plain(mu, logvar, eps):
-            return _PlainRsampleKL.apply(mu, logvar, eps, seed, True, False)
+    path = route(mu, logvar, eps)
+    if path == PLAIN:
+        return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, False)
+    if path == TRANSFORM:
         return apply(Rsample, mu, logvar, eps, seed)
     return forward(mu, logvar, eps, seed, True, False)[0]
 
 
 def normal_kl_std(mu, logvar):
     """``[...]`` KL of ``N(mu, diag exp(logvar))`` to ``N(0, I)`` for ``[..., D]`` inputs."""
-    if needs_autograd(mu, logvar):
-        if _plain(mu, logvar):
-            return _PlainRsampleKL.apply(mu, logvar, None, None, False, True)
+    path = route(mu, logvar)
+    if path == PLAIN:
+        return plain_apply(_PlainRsampleKL, mu, logvar, None, None, False, True)
+    if path == TRANSFORM:
         return apply(KLStd, mu, logvar)
     return forward(mu, logvar, None, None, False, True)[1]
 
 
 def normal_rsample_kl(mu, logvar, eps, seed):
     """``(z [..., D], kl [...])`` in one pass over ``[..., D]`` inputs."""
-    if needs_autograd(mu, logvar, eps):
-        if _plain(mu, logvar, eps):
-            return _PlainRsampleKL.apply(mu, logvar, eps, seed, True, True)
+    path = route(mu, logvar, eps)
+    if path == PLAIN:
+        return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, True)
+    if path == TRANSFORM:
         return apply(RsampleKL, mu, logvar, eps, seed)
     return forward(mu, logvar, eps, seed, True, True)

@@ -24,7 +24,21 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from ._common import _plain, apply, apply_backward, flat, fold_vmap, needs_autograd, output, outputs, rows, use_parallel
+from ._common import (
+    NO_GRAD,
+    PLAIN,
+    apply,
+    apply_backward,
+    flat,
+    fold_vmap,
+    needs_autograd,
+    output,
+    outputs,
+    plain_apply,
+    route,
+    rows,
+    use_parallel,
+)
 from ._flags import BLOCK, JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_BERNOULLI
 from ._layout import CHUNK_ROWS, SHORT_ROW, row, rows_flat, scratch, strided
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
@@ -438,8 +452,9 @@ def normal_log_prob(x, mu, logvar):
 
 def bernoulli_log_prob(x, logits):
     """``[...]`` Bernoulli log-likelihood of ``[..., D]`` x under logits."""
-    if needs_autograd(x, logits):
-        if not x.requires_grad and _plain(x, logits):
-            return _PlainBernoulliLogProb.apply(x, logits)
+    path = route(x, logits)
+    if path == PLAIN and not x.requires_grad:
+        return plain_apply(_PlainBernoulliLogProb, x, logits)
+    if path != NO_GRAD:
         return apply(BernoulliLogProb, x, logits)
     return bernoulli_forward(x, logits)
