@@ -320,6 +320,8 @@ def normal_rsample(
     extra = {} if eps is None else {"eps": eps}
     shape, dtype, device = _check_inputs("normal_rsample", mu=mu, logvar=logvar, **extra)
     mod = registry.load(resolve_backend(backend, device, dtype))
+    if getattr(mod, "READS_BROADCASTS", False):
+        return mod.normal_rsample(mu, logvar, eps, _seed(seed, eps), shape)
     return mod.normal_rsample(_expand(mu, shape), _expand(logvar, shape), _expand(eps, shape), _seed(seed, eps))
 
 
@@ -336,6 +338,8 @@ def normal_kl_std(mu: torch.Tensor, logvar: torch.Tensor, *, backend: str | None
     """
     shape, dtype, device = _check_inputs("normal_kl_std", mu=mu, logvar=logvar)
     mod = registry.load(resolve_backend(backend, device, dtype))
+    if getattr(mod, "READS_BROADCASTS", False):
+        return mod.normal_kl_std(mu, logvar, shape)
     return mod.normal_kl_std(_expand(mu, shape), _expand(logvar, shape))
 
 
@@ -358,6 +362,8 @@ def normal_rsample_kl(
     extra = {} if eps is None else {"eps": eps}
     shape, dtype, device = _check_inputs("normal_rsample_kl", mu=mu, logvar=logvar, **extra)
     mod = registry.load(resolve_backend(backend, device, dtype))
+    if getattr(mod, "READS_BROADCASTS", False):
+        return mod.normal_rsample_kl(mu, logvar, eps, _seed(seed, eps), shape)
     return mod.normal_rsample_kl(_expand(mu, shape), _expand(logvar, shape), _expand(eps, shape), _seed(seed, eps))
 
 
@@ -379,6 +385,8 @@ def normal_log_prob(
     """
     shape, dtype, device = _check_inputs("normal_log_prob", x=x, mu=mu, logvar=logvar)
     mod = registry.load(resolve_backend(backend, device, dtype))
+    if getattr(mod, "READS_BROADCASTS", False):
+        return mod.normal_log_prob(x, mu, logvar, shape)
     return mod.normal_log_prob(_expand(x, shape), _expand(mu, shape), _expand(logvar, shape))
 
 
@@ -397,6 +405,8 @@ def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor, *, backend: str | 
     """
     shape, dtype, device = _check_inputs("bernoulli_log_prob", x=x, logits=logits)
     mod = registry.load(resolve_backend(backend, device, dtype))
+    if getattr(mod, "READS_BROADCASTS", False):
+        return mod.bernoulli_log_prob(x, logits, shape)
     return mod.bernoulli_log_prob(_expand(x, shape), _expand(logits, shape))
 
 

@@ -37,6 +37,12 @@ class Backend(Protocol):
     The public API in :mod:`kernels` validates every input first: tensors reach a
     backend already broadcast to one shape, with one floating dtype and one
     device, and ``seed`` is an int whenever ``eps`` is None.
+
+    Optional: a module that sets ``READS_BROADCASTS = True`` receives its tensor
+    inputs unexpanded instead, plus the broadcast shape as one more positional
+    argument after them (and after ``seed``), and returns outputs and input
+    gradients as if the inputs had been expanded (the numba backend: it reads
+    broadcast inputs in place, which saves an expand node per input).
     """
 
     def availability(self, device: str) -> str | None:

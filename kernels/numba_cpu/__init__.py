@@ -46,6 +46,11 @@ __all__ = [
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
+#: The ops take inputs broadcastable to a ``shape`` argument and read them in place
+#: (:func:`kernels.numba_cpu._layout.strided`), so the public API does not expand
+#: them (an autograd node per input, and a reduction in the backward).
+READS_BROADCASTS = True
+
 
 def availability(device: str) -> str | None:
     """None on CPU; the numba backend has no GPU path."""

@@ -66,6 +66,22 @@ def outputs(shape, dtype: torch.dtype, wanted, given=None) -> tuple[tuple, tuple
     return tuple(ts), tuple(arrays)
 
 
+def reduce_to(g: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
+    """A gradient of the broadcast shape summed to an input's ``shape`` (torch's rule for broadcast inputs)."""
+    if g is None or g.shape == shape:
+        return g
+    if g.numel() == math.prod(shape):
+        return g.view(shape)  # only size-1 dims differ
+    return g.sum_to_size(shape)
+
+
+def expand_to(shape, *tensors):
+    """``tensors`` expanded to ``shape`` (None, and tensors already of that shape, unchanged)."""
+    if shape is None:
+        return tensors
+    return tuple(t if t is None or t.shape == shape else t.expand(shape) for t in tensors)
+
+
 def rows(shape: torch.Size) -> tuple[int, int]:
     """``(R, D)``: number of rows and row length of a ``[..., D]`` shape."""
     return math.prod(shape[:-1]), shape[-1]

@@ -121,7 +121,7 @@ def collapse(shape, strides, D: int) -> tuple[int, int, int, int] | None:
     return ni, so, si, extent
 
 
-def strided(t: torch.Tensor | None, R: int, D: int):
+def strided(t: torch.Tensor | None, R: int, D: int, shape=None):
     """``(array, layout)`` to read ``t`` (shape ``[R rows, D]``) in place; None -> ``(None, NO_LAYOUT)``.
 
     Contiguous tensors take the fast path ``(flat view, (R, 0, D))``; views that
@@ -129,23 +129,42 @@ def strided(t: torch.Tensor | None, R: int, D: int):
     anything else is made contiguous (a copy). The plan of a ``(shape, strides)``
     is cached (:func:`_plan`): training calls the same few shapes every step, and
     at small batches this Python glue, not the kernel, is most of an op's time.
+
+    ``shape``: read ``t`` as if expanded to ``shape`` (torch's broadcasting rules)
+    without calling ``expand``: the lean autograd path takes its inputs
+    unexpanded, which saves an expand node and its backward per input.
     """
     if t is None:
         return None, NO_LAYOUT
     t = t.detach()
-    extent, lay = _plan(t.shape, t.stride(), D)
-    if extent == 0:  # contiguous
+    if shape is None or t.shape == shape:
+        extent, lay = _plan(t.shape, t.stride(), D)
+    else:
+        extent, lay = _plan(shape, broadcast_strides(t.shape, t.stride(), shape), D)
+    if extent == 0:  # contiguous (an expansion that only prepends size-1 dims stays so)
         a = t.numpy()
         a.shape = (a.size,)  # a view, or an error (never a silent copy)
         return a, lay
     if extent > 0:
         return t.as_strided((extent,), (1,)).numpy(), lay
+    if shape is not None:
+        t = t.expand(shape)
     t = _compact(t)  # only the distinct rows copied, e.g. a scalar expanded everywhere (stride 0 in D too)
     lay = collapse(t.shape, t.stride(), D)
     if lay is None:
         return flat(t.contiguous()), _contiguous(R, D)
     inner, so, si, extent = lay
     return t.as_strided((extent,), (1,)).numpy(), layout(inner, so, si)
+
+
+@functools.lru_cache(maxsize=1024)
+def broadcast_strides(tshape: tuple[int, ...], tstrides: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Strides of ``t.expand(shape)`` from ``t``'s shape and strides (size-1 and new leading dims get 0)."""
+    off = len(shape) - len(tshape)
+    out = [0] * off
+    for n, s, m in zip(tshape, tstrides, shape[off:], strict=True):
+        out.append(0 if (n == 1 and m != 1) else s)
+    return tuple(out)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -23,6 +23,8 @@ ulp or so: the stream agrees with :func:`kernels.philox.normal_noise_numba` to
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from numba import njit, prange, types
@@ -34,12 +36,14 @@ from ._common import (
     TRANSFORM,
     apply,
     apply_backward,
+    expand_to,
     flat,
     fold_vmap,
     keys,
     output,
     outputs,
     plain_apply,
+    reduce_to,
     route,
     rows,
     use_parallel,
@@ -253,16 +257,18 @@ def _bwd_chunked_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1,
 # --------------------------------------------------------------------------- launchers
 
 
-def prepare(mu, logvar, eps):
+def prepare(mu, logvar, eps, shape=None):
     """``(R, D, kernel inputs)``: the row count, row length and ``(array, layout)`` of mu, logvar, eps.
 
-    The backward of a plain ``loss.backward()`` reuses the forward's (see :class:`_PlainRsampleKL`).
+    ``shape``: the broadcast shape when the inputs are not expanded to it. The
+    backward of a plain ``loss.backward()`` reuses the forward's (see :class:`_PlainRsampleKL`).
     """
-    R, D = rows(mu.shape)
-    return R, D, (*strided(mu, R, D), *strided(logvar, R, D), *strided(eps, R, D))
+    shape = mu.shape if shape is None else shape
+    R, D = rows(shape)
+    return R, D, (*strided(mu, R, D, shape), *strided(logvar, R, D, shape), *strided(eps, R, D, shape))
 
 
-def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, prepared=None):
+def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, prepared=None, shape=None):
     """Run the fused forward kernel.
 
     Args:
@@ -275,17 +281,18 @@ def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, 
         z_out: optional preallocated contiguous ``[..., D]`` output (benchmarks).
         kl_out: optional preallocated contiguous ``[...]`` output.
         prepared: :func:`prepare` of ``(mu, logvar, eps)``, when the caller has it.
+        shape: the broadcast shape when the inputs are not expanded to it (with ``prepared``).
 
     Returns:
         ``(z or None, kl or None)``.
     """
-    shape = mu.shape
+    shape = mu.shape if shape is None else shape
     z = kl = za = kla = None
     if want_z:
         z, za = output(shape, mu.dtype, z_out)
     if want_kl:
         kl, kla = output(shape[:-1], mu.dtype, kl_out)
-    n = mu.numel()
+    n = math.prod(shape)
     if n == 0:
         if kl is not None:
             kl.zero_()  # a sum over an empty last dim is 0
@@ -300,7 +307,7 @@ def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, 
     return z, kl
 
 
-def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=None, prepared=None):
+def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=None, prepared=None, shape=None):
     """Run the fused backward kernel; returns ``(dmu, dlogvar, deps)`` (None where not needed).
 
     Args:
@@ -311,11 +318,13 @@ def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=
         need_mu, need_lv, need_eps: which gradients to produce.
         out: optional preallocated ``(dmu, dlv, deps)`` (benchmarks).
         prepared: :func:`prepare` of ``(mu, logvar, eps)``, when the caller has it.
+        shape: the broadcast shape when the inputs are not expanded to it (with ``prepared``);
+            the gradients are of this shape.
     """
-    shape = mu.shape
+    shape = mu.shape if shape is None else shape
     need_eps = need_eps and dz is not None
     (dmu, dlv, deps), arrays = outputs(shape, mu.dtype, (need_mu, need_lv, need_eps), out)
-    n = mu.numel()
+    n = math.prod(shape)
     if n == 0 or (dmu is None and dlv is None and deps is None):
         return dmu, dlv, deps
     R, D, args = prepared if prepared is not None else prepare(mu, logvar, eps)
@@ -444,11 +453,12 @@ class _PlainRsampleKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mu, logvar, eps, seed, want_z, want_kl):
-        prepared = prepare(mu, logvar, eps)
-        ctx.state = (prepared, seed, want_z, want_kl)
+    def forward(ctx, mu, logvar, eps, seed, want_z, want_kl, shape):
+        # mu, logvar, eps: not expanded to the broadcast `shape` (read in place, see _layout.strided)
+        prepared = prepare(mu, logvar, eps, shape)
+        ctx.state = (prepared, seed, want_z, want_kl, shape)
         ctx.save_for_backward(mu, logvar, eps)  # keeps them alive and version-checked
-        z, kl = forward(mu, logvar, eps, seed, want_z, want_kl, prepared=prepared)
+        z, kl = forward(mu, logvar, eps, seed, want_z, want_kl, prepared=prepared, shape=shape)
         if not want_z:
             return kl
         if not want_kl:
@@ -457,51 +467,63 @@ class _PlainRsampleKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        prepared, seed, want_z, want_kl = ctx.state
+        prepared, seed, want_z, want_kl, shape = ctx.state
         dz = grads[0] if want_z else None
         dkl = grads[-1] if want_kl else None
         mu, logvar, eps = ctx.saved_tensors
         need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
-            dmu, dlv, deps = apply(GaussianBackward, dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps)
-            return dmu, dlv, deps, None, None, None
-        if dkl is None and need_mu:  # rsample only: dmu = dz exactly
-            _, dlv, deps = backward(dz, None, mu, logvar, eps, seed, False, need_lv, need_eps, prepared=prepared)
-            return dz, dlv, deps, None, None, None
-        dmu, dlv, deps = backward(
-            dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, prepared=prepared
-        )  # fmt: skip
-        return dmu, dlv, deps, None, None, None
+            m, v, e = expand_to(shape, mu, logvar, eps)
+            dmu, dlv, deps = apply(GaussianBackward, dz, dkl, m, v, e, seed, need_mu, need_lv, need_eps)
+        elif dkl is None and need_mu:  # rsample only: dmu = dz exactly
+            _, dlv, deps = backward(
+                dz, None, mu, logvar, eps, seed, False, need_lv, need_eps, prepared=prepared, shape=shape
+            )  # fmt: skip
+            dmu = dz
+        else:
+            dmu, dlv, deps = backward(
+                dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, prepared=prepared, shape=shape
+            )  # fmt: skip
+        dmu, dlv = reduce_to(dmu, mu.shape), reduce_to(dlv, logvar.shape)
+        deps = None if eps is None else reduce_to(deps, eps.shape)
+        return dmu, dlv, deps, None, None, None, None
 
 
 # --------------------------------------------------------------------------- backend entry points
 
 
-def normal_rsample(mu, logvar, eps, seed):
-    """``z = mu + exp(logvar / 2) * eps`` for ``[..., D]`` inputs (eps None: Philox stream of seed)."""
+def normal_rsample(mu, logvar, eps, seed, shape=None):
+    """``z = mu + exp(logvar / 2) * eps`` (eps None: Philox stream of seed).
+
+    Inputs ``[..., D]`` of one shape, or broadcastable to ``shape`` when it is given
+    (:data:`READS_BROADCASTS`).
+    """
     path = route(mu, logvar, eps)
     if path == PLAIN:
-        return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, False)
+        return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, False, shape or mu.shape)
+    mu, logvar, eps = expand_to(shape, mu, logvar, eps)
     if path == TRANSFORM:
         return apply(Rsample, mu, logvar, eps, seed)
     return forward(mu, logvar, eps, seed, True, False)[0]
 
 
-def normal_kl_std(mu, logvar):
-    """``[...]`` KL of ``N(mu, diag exp(logvar))`` to ``N(0, I)`` for ``[..., D]`` inputs."""
+def normal_kl_std(mu, logvar, shape=None):
+    """``[...]`` KL of ``N(mu, diag exp(logvar))`` to ``N(0, I)`` (inputs as :func:`normal_rsample`)."""
     path = route(mu, logvar)
     if path == PLAIN:
-        return plain_apply(_PlainRsampleKL, mu, logvar, None, None, False, True)
+        return plain_apply(_PlainRsampleKL, mu, logvar, None, None, False, True, shape or mu.shape)
+    mu, logvar = expand_to(shape, mu, logvar)
     if path == TRANSFORM:
         return apply(KLStd, mu, logvar)
     return forward(mu, logvar, None, None, False, True)[1]
 
 
-def normal_rsample_kl(mu, logvar, eps, seed):
-    """``(z [..., D], kl [...])`` in one pass over ``[..., D]`` inputs."""
+def normal_rsample_kl(mu, logvar, eps, seed, shape=None):
+    """``(z [..., D], kl [...])`` in one pass (inputs as :func:`normal_rsample`)."""
     path = route(mu, logvar, eps)
     if path == PLAIN:
-        return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, True)
+        return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, True, shape or mu.shape)
+    mu, logvar, eps = expand_to(shape, mu, logvar, eps)
     if path == TRANSFORM:
         return apply(RsampleKL, mu, logvar, eps, seed)
     return forward(mu, logvar, eps, seed, True, True)

@@ -29,12 +29,14 @@ from ._common import (
     PLAIN,
     apply,
     apply_backward,
+    expand_to,
     flat,
     fold_vmap,
     needs_autograd,
     output,
     outputs,
     plain_apply,
+    reduce_to,
     route,
     rows,
     use_parallel,
@@ -296,22 +298,23 @@ def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None):
     return tuple(grads)
 
 
-def bernoulli_forward(x, logits, *, out=None, with_grad=False):
+def bernoulli_forward(x, logits, *, out=None, with_grad=False, shape=None):
     """Bernoulli log-likelihood per row of ``[..., D]`` inputs -> ``[...]``.
 
     With ``with_grad`` also ``x - sigmoid(logits)`` ``[..., D]`` (the gradient in the
     logits for a unit upstream gradient) from the same pass: returns ``(ll, grad)``.
+    ``shape``: the broadcast shape when the inputs are not expanded to it.
     """
-    shape = x.shape
+    shape = x.shape if shape is None else shape
     R, D = rows(shape)
     res, ra = _row_out(shape, x.dtype, out)
     grad, ga = output(shape, x.dtype) if with_grad else (None, None)
-    n = x.numel()
+    n = math.prod(shape)
     if n == 0:
         res.zero_()
         return (res, grad) if with_grad else res
     kernel = _bern_fwd_parallel if use_parallel(n, PARALLEL_MIN_ELEMENTS_BERNOULLI) else _bern_fwd_serial
-    kernel(R, D, *strided(x, R, D), *strided(logits, R, D), ra, ga)
+    kernel(R, D, *strided(x, R, D, shape), *strided(logits, R, D, shape), ra, ga)
     return (res, grad) if with_grad else res
 
 
@@ -426,35 +429,41 @@ class _PlainBernoulliLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, logits):
-        ll, grad = bernoulli_forward(x, logits, with_grad=True)
-        ctx.grad = grad
+    def forward(ctx, x, logits, shape):
+        # x, logits: not expanded to the broadcast `shape` (read in place, see _layout.strided)
+        ll, grad = bernoulli_forward(x, logits, with_grad=True, shape=shape)
+        ctx.grad, ctx.shape = grad, shape
         ctx.save_for_backward(x, logits)
         return ll
 
     @staticmethod
     def backward(ctx, g):
+        x, logits = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
-            x, logits = ctx.saved_tensors
-            return apply(BernoulliLogProbBackward, g, x, logits, False, True)
-        return None, g.unsqueeze(-1) * ctx.grad
+            xe, le = expand_to(ctx.shape, x, logits)
+            _, dl = apply(BernoulliLogProbBackward, g, xe, le, False, True)
+        else:
+            dl = g.unsqueeze(-1) * ctx.grad
+        return None, reduce_to(dl, logits.shape), None
 
 
 # --------------------------------------------------------------------------- backend entry points
 
 
-def normal_log_prob(x, mu, logvar):
-    """``[...]`` diagonal Gaussian log density of ``[..., D]`` x under (mu, logvar)."""
+def normal_log_prob(x, mu, logvar, shape=None):
+    """``[...]`` diagonal Gaussian log density of ``[..., D]`` x under (mu, logvar), broadcast to ``shape``."""
+    x, mu, logvar = expand_to(shape, x, mu, logvar)
     if needs_autograd(x, mu, logvar):
         return apply(NormalLogProb, x, mu, logvar)
     return normal_forward(x, mu, logvar)
 
 
-def bernoulli_log_prob(x, logits):
-    """``[...]`` Bernoulli log-likelihood of ``[..., D]`` x under logits."""
+def bernoulli_log_prob(x, logits, shape=None):
+    """``[...]`` Bernoulli log-likelihood of ``[..., D]`` x under logits, broadcast to ``shape``."""
     path = route(x, logits)
     if path == PLAIN and not x.requires_grad:
-        return plain_apply(_PlainBernoulliLogProb, x, logits)
+        return plain_apply(_PlainBernoulliLogProb, x, logits, shape or x.shape)
+    x, logits = expand_to(shape, x, logits)
     if path != NO_GRAD:
         return apply(BernoulliLogProb, x, logits)
     return bernoulli_forward(x, logits)
