@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -197,6 +196,20 @@ class _LinearDecoder(nn.Module):
         self.log_s2 = nn.Parameter(torch.zeros(()))  # log s2
 
 
+def _affine(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``z @ weight.T + bias`` over the last dim: one ``addmm`` with ``weight.T`` made contiguous.
+
+    ``F.linear`` hands the GEMM the transposed view of ``weight``; at the variance
+    benchmark's shapes (millions of rows of k = 3 latents to d = 10) that took
+    12.6 ms a call here against 7.5 ms with the transpose copied first (the output
+    write alone takes 2 ms), and ``z @ weight.T + bias`` takes a second pass for
+    the bias.
+    """
+    lead = z.shape[:-1]
+    out = torch.addmm(bias, z.reshape(-1, z.shape[-1]), weight.T.contiguous())
+    return out.view(*lead, out.shape[-1])
+
+
 class LinearGaussianVAE(nn.Module):
     """Probabilistic-PCA decoder with a linear Gaussian encoder (model protocol of :mod:`estimators.base`).
 
@@ -239,12 +252,12 @@ class LinearGaussianVAE(nn.Module):
     # protocol
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [B, d] -> (mu = x A^T + c [B, k], logvar [B, k])``."""
-        mu = F.linear(x, self.encoder.weight, self.encoder.bias)  # one fused pass (addmm), not matmul + add
+        mu = _affine(x, self.encoder.weight, self.encoder.bias)
         return mu, self.encoder.logvar.expand(mu.shape)
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``z [..., k] -> (mean = z W^T + b [..., d], logvar = log s2 [..., d])``."""
-        mean = F.linear(z, self.decoder.weight, self.decoder.bias)  # the S x R x B rows: bias fused in one pass
+        mean = _affine(z, self.decoder.weight, self.decoder.bias)  # S x R x B rows of k = 3 latents
         return mean, self.decoder.log_s2.expand(mean.shape)
 
     # closed forms
