@@ -162,3 +162,21 @@ def test_plain_path_reads_broadcast_inputs_unexpanded(op, shapes):
         for g, w in zip(got, want, strict=True):
             assert g.shape == w.shape
             torch.testing.assert_close(g, w, **tolerance(torch.float64))
+
+
+@pytest.mark.parametrize("op,shapes", [c for c in BROADCASTS if c[0] == "bernoulli_log_prob"], ids=str)
+def test_plain_bernoulli_above_the_fused_grad_size_runs_the_backward_kernel(op, shapes, monkeypatch):
+    """Above ``FUSED_GRAD_MAX_ELEMENTS`` the lean Bernoulli keeps no gradient buffer: same values and grads."""
+    from kernels.numba_cpu import logprob
+
+    monkeypatch.setattr(logprob, "FUSED_GRAD_MAX_ELEMENTS", 0)
+    x = _inputs(op, shapes["x"], seed=0)[0]
+    logits = _inputs(op, shapes["logits"], seed=1)[1].requires_grad_()
+    ll = kernels.bernoulli_log_prob(x, logits, backend="numba")
+    assert type(ll.grad_fn).__name__ == PLAIN_NODE[op]
+    g = torch.linspace(-1, 2, ll.numel(), dtype=ll.dtype).reshape(ll.shape)
+    (got,) = torch.autograd.grad(ll, logits, g)
+    want_ll = kernels.bernoulli_log_prob(x, logits, backend="torch")
+    (want,) = torch.autograd.grad(want_ll, logits, g)
+    torch.testing.assert_close(ll.detach(), want_ll.detach(), **tolerance(torch.float64))
+    torch.testing.assert_close(got, want, **tolerance(torch.float64))

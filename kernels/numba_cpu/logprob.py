@@ -41,7 +41,7 @@ from ._common import (
     rows,
     use_parallel,
 )
-from ._flags import BLOCK, JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_BERNOULLI
+from ._flags import BLOCK, FUSED_GRAD_MAX_ELEMENTS, JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_BERNOULLI
 from ._layout import CHUNK_ROWS, SHORT_ROW, row, rows_flat, scratch, strided
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
@@ -318,16 +318,20 @@ def bernoulli_forward(x, logits, *, out=None, with_grad=False, shape=None):
     return (res, grad) if with_grad else res
 
 
-def bernoulli_backward(g, x, logits, need_x, need_l, *, out=None):
-    """``(dx, dlogits)`` of the Bernoulli log-likelihood (None where not needed)."""
-    shape = x.shape
+def bernoulli_backward(g, x, logits, need_x, need_l, *, out=None, shape=None):
+    """``(dx, dlogits)`` of the Bernoulli log-likelihood (None where not needed).
+
+    ``shape``: the broadcast shape when the inputs are not expanded to it (the
+    gradients are of this shape).
+    """
+    shape = x.shape if shape is None else shape
     R, D = rows(shape)
     grads, arrays = outputs(shape, x.dtype, (need_x, need_l), out)
-    n = x.numel()
+    n = math.prod(shape)
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
     kernel = _bern_bwd_parallel if use_parallel(n, PARALLEL_MIN_ELEMENTS_BERNOULLI) else _bern_bwd_serial
-    kernel(R, D, flat(g), *strided(x, R, D), *strided(logits, R, D), *arrays)
+    kernel(R, D, flat(g), *strided(x, R, D, shape), *strided(logits, R, D, shape), *arrays)
     return tuple(grads)
 
 
@@ -419,19 +423,23 @@ class BernoulliLogProb(torch.autograd.Function):
 class _PlainBernoulliLogProb(torch.autograd.Function):
     """The Bernoulli log-likelihood for a plain ``backward()`` (no transform), in the logits only.
 
-    The forward pass writes ``x - sigmoid(logits)`` next to the log-likelihood (one
-    exp shared by both), so the backward is one multiply by the upstream gradient
-    instead of a second kernel and its launcher: at the batch sizes of VAE
-    training the launcher's Python, not the kernel, is most of a backward's time.
-    In bytes it is no worse either: the forward writes one more ``[..., D]`` array,
-    the backward reads it instead of x and the logits. A second derivative
-    (``create_graph=True``) goes through the transform-aware Function path.
+    Up to :data:`~._flags.FUSED_GRAD_MAX_ELEMENTS` the forward pass writes
+    ``x - sigmoid(logits)`` next to the log-likelihood (one exp shared by both),
+    so the backward is one multiply by the upstream gradient instead of a second
+    kernel and its launcher: at the batch sizes of VAE training the launcher's
+    Python, not the kernel, is most of a backward's time. Larger inputs run the
+    backward kernel (a full-size extra buffer costs more there than it saves).
+    A second derivative (``create_graph=True``) goes through the transform-aware
+    Function path.
     """
 
     @staticmethod
     def forward(ctx, x, logits, shape):
         # x, logits: not expanded to the broadcast `shape` (read in place, see _layout.strided)
-        ll, grad = bernoulli_forward(x, logits, with_grad=True, shape=shape)
+        if math.prod(shape) <= FUSED_GRAD_MAX_ELEMENTS:
+            ll, grad = bernoulli_forward(x, logits, with_grad=True, shape=shape)
+        else:
+            ll, grad = bernoulli_forward(x, logits, shape=shape), None
         ctx.grad, ctx.shape = grad, shape
         ctx.save_for_backward(x, logits)
         return ll
@@ -442,8 +450,10 @@ class _PlainBernoulliLogProb(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             xe, le = expand_to(ctx.shape, x, logits)
             _, dl = apply(BernoulliLogProbBackward, g, xe, le, False, True)
-        else:
+        elif ctx.grad is not None:
             dl = g.unsqueeze(-1) * ctx.grad
+        else:
+            _, dl = bernoulli_backward(g, x, logits, False, True, shape=ctx.shape)
         return None, reduce_to(dl, logits.shape), None
 
 
