@@ -1,8 +1,8 @@
 """The numba backend's two autograd paths agree.
 
 A plain ``loss.backward()`` runs lean legacy-style Functions
-(``_PlainRsampleKL``, ``_PlainBernoulliLogProb``): the Gaussian one reuses the
-forward's input arrays in its backward, the Bernoulli one writes
+(``_PlainRsampleKL``, ``_PlainNormalLogProb``, ``_PlainBernoulliLogProb``): the Gaussian ones reuse the
+forward's input arrays in their backward, the Bernoulli one writes
 ``x - sigmoid(logits)`` in the forward pass and multiplies in the backward.
 Under ``torch.func`` transforms and for ``create_graph=True`` the
 transform-aware Functions run. These tests hold the two paths to each other, pin
@@ -29,14 +29,21 @@ CASES = {
     "normal_kl_std": (("mu", "logvar"), {}),
     "normal_rsample_kl": (("mu", "logvar", "eps"), {}),
     "normal_rsample_kl_seed": (("mu", "logvar"), {"seed": 11}),
+    "normal_log_prob": (("x", "mu", "logvar"), {}),
     "bernoulli_log_prob": (("x", "logits"), {}),
 }
 PLAIN_NODE = {
     "normal_rsample": "_PlainRsampleKLBackward",
     "normal_kl_std": "_PlainRsampleKLBackward",
     "normal_rsample_kl": "_PlainRsampleKLBackward",
+    "normal_log_prob": "_PlainNormalLogProbBackward",
     "bernoulli_log_prob": "_PlainBernoulliLogProbBackward",
 }
+
+
+def _diff(case, name):
+    """Whether an argument is differentiated: all but the Bernoulli x (data; its lean path has no dx)."""
+    return not (name == "x" and case.startswith("bernoulli"))
 
 
 def _fn(case):
@@ -85,8 +92,8 @@ def test_plain_backward_equals_torch_func_grad(case):
     scalar = _scalar(case, _weights(shape))
     args = _inputs(case, shape)
     leaves = [a.clone().requires_grad_() for a in args]
-    # x of the Bernoulli case is data: the lean path is for gradients in the logits only
-    wrt = [i for i, n in enumerate(CASES[case][0]) if n != "x"]
+    # x of the Bernoulli case is data: its lean path is for gradients in the logits only
+    wrt = [i for i, n in enumerate(CASES[case][0]) if _diff(case, n)]
     plain = torch.autograd.grad(scalar(*leaves), [leaves[i] for i in wrt])
     func = torch.func.grad(scalar, argnums=tuple(wrt))(*args)
     for p, f in zip(plain, func, strict=True):
@@ -97,7 +104,7 @@ def test_plain_backward_equals_torch_func_grad(case):
 def test_plain_path_runs_for_a_plain_backward(case):
     """The lean Function is the one recorded (a regression here costs ~60 us a step at batch 20, silently)."""
     args = _inputs(case)
-    args = [a.requires_grad_(n != "x") for a, n in zip(args, CASES[case][0], strict=True)]
+    args = [a.requires_grad_(_diff(case, n)) for a, n in zip(args, CASES[case][0], strict=True)]
     out = _fn(case)(*args, backend="numba")
     out = out[0] if isinstance(out, tuple) else out
     assert type(out.grad_fn).__name__ == PLAIN_NODE[case]
@@ -116,16 +123,16 @@ def test_bernoulli_with_differentiable_x_takes_the_full_path():
     )
 
 
-@pytest.mark.parametrize("case", ["normal_rsample_kl", "normal_kl_std", "bernoulli_log_prob"])
+@pytest.mark.parametrize("case", ["normal_rsample_kl", "normal_kl_std", "normal_log_prob", "bernoulli_log_prob"])
 def test_create_graph_first_derivative_then_clear_error_for_the_second(case):
     shape = (3, 5)
     scalar = _scalar(case, _weights(shape))
     args = _inputs(case, shape)
-    leaves = [a.clone().requires_grad_(n != "x") for a, n in zip(args, CASES[case][0], strict=True)]
-    wrt = [leaves[i] for i, n in enumerate(CASES[case][0]) if n != "x"]
+    leaves = [a.clone().requires_grad_(_diff(case, n)) for a, n in zip(args, CASES[case][0], strict=True)]
+    wrt = [leaves[i] for i, n in enumerate(CASES[case][0]) if _diff(case, n)]
     first = torch.autograd.grad(scalar(*leaves), wrt, create_graph=True)
-    again = [a.clone().requires_grad_(n != "x") for a, n in zip(args, CASES[case][0], strict=True)]
-    plain = torch.autograd.grad(scalar(*again), [again[i] for i, n in enumerate(CASES[case][0]) if n != "x"])
+    again = [a.clone().requires_grad_(_diff(case, n)) for a, n in zip(args, CASES[case][0], strict=True)]
+    plain = torch.autograd.grad(scalar(*again), [again[i] for i, n in enumerate(CASES[case][0]) if _diff(case, n)])
     for f, p in zip(first, plain, strict=True):
         torch.testing.assert_close(f.detach(), p, **tolerance(torch.float64))
     with pytest.raises(NotImplementedError, match="second derivatives"):
@@ -137,6 +144,8 @@ BROADCASTS = [
     ("normal_rsample_kl", {"mu": (5,), "logvar": (4, 1, 1), "eps": (4, 3, 5)}),  # a broadcast last dim
     ("normal_rsample", {"mu": (4, 1, 5), "logvar": (3, 5), "eps": (4, 3, 5)}),
     ("normal_kl_std", {"mu": (2, 3, 5), "logvar": (3, 1)}),
+    ("normal_log_prob", {"x": (4, 3, 5), "mu": (3, 5), "logvar": (1,)}),  # log q(z) of samples; a scalar variance
+    ("normal_log_prob", {"x": (3, 5), "mu": (4, 3, 5), "logvar": (4, 1, 5)}),
     ("bernoulli_log_prob", {"x": (3, 5), "logits": (4, 3, 5)}),
     ("bernoulli_log_prob", {"x": (4, 3, 5), "logits": (3, 5)}),
     ("bernoulli_log_prob", {"x": (4, 3, 5), "logits": (1,)}),
@@ -147,8 +156,8 @@ BROADCASTS = [
 def test_plain_path_reads_broadcast_inputs_unexpanded(op, shapes):
     """Unexpanded inputs (the public API hands them to numba as they are): values and grads equal torch's."""
     names = CASES[op][0]
-    leaves = [_inputs(op, shapes[n], seed=i)[i].requires_grad_(n != "x") for i, n in enumerate(names)]
-    wrt = [t for t, n in zip(leaves, names, strict=True) if n != "x"]
+    leaves = [_inputs(op, shapes[n], seed=i)[i].requires_grad_(_diff(op, n)) for i, n in enumerate(names)]
+    wrt = [t for t, n in zip(leaves, names, strict=True) if _diff(op, n)]
     outs = {}
     for backend in ("numba", "torch"):
         o = getattr(kernels, op)(*leaves, backend=backend)

@@ -27,12 +27,12 @@ from numba import njit, prange
 from ._common import (
     NO_GRAD,
     PLAIN,
+    TRANSFORM,
     apply,
     apply_backward,
     expand_to,
     flat,
     fold_vmap,
-    needs_autograd,
     output,
     outputs,
     plain_apply,
@@ -265,36 +265,47 @@ def _row_out(shape, dtype, out):
     return output(shape[:-1], dtype, out)
 
 
-def normal_forward(x, mu, logvar, *, out=None):
-    """Gaussian log density per row of ``[..., D]`` inputs -> ``[...]``."""
-    shape = x.shape
+def normal_prepare(x, mu, logvar, shape=None):
+    """``(R, D, kernel inputs)`` of the Gaussian log density (see :func:`.gaussian.prepare`)."""
+    shape = x.shape if shape is None else shape
     R, D = rows(shape)
+    return R, D, (*strided(x, R, D, shape), *strided(mu, R, D, shape), *strided(logvar, R, D, shape))
+
+
+def normal_forward(x, mu, logvar, *, out=None, prepared=None, shape=None):
+    """Gaussian log density per row of ``[..., D]`` inputs -> ``[...]``.
+
+    ``prepared``/``shape``: :func:`normal_prepare` of the inputs and their broadcast
+    shape, when they are not expanded to it.
+    """
+    shape = x.shape if shape is None else shape
     res, ra = _row_out(shape, x.dtype, out)
-    n = x.numel()
+    n = math.prod(shape)
     if n == 0:
         res.zero_()  # a sum over an empty last dim is 0 (and no rows: nothing to fill)
         return res
+    R, D, args = prepared if prepared is not None else normal_prepare(x, mu, logvar, shape)
     if D < SHORT_ROW:
         kernel = _normal_fwd_chunked_parallel if use_parallel(n) else _normal_fwd_chunked_serial
     else:
         kernel = _normal_fwd_parallel if use_parallel(n) else _normal_fwd_serial
-    kernel(R, D, *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), ra)
+    kernel(R, D, *args, ra)
     return res
 
 
-def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None):
-    """``(dx, dmu, dlogvar)`` of the Gaussian log density (None where not needed)."""
-    shape = x.shape
-    R, D = rows(shape)
+def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None, prepared=None, shape=None):
+    """``(dx, dmu, dlogvar)`` of the Gaussian log density (None where not needed), of the broadcast shape."""
+    shape = x.shape if shape is None else shape
     grads, arrays = outputs(shape, x.dtype, (need_x, need_mu, need_lv), out)
-    n = x.numel()
+    n = math.prod(shape)
     if n == 0 or all(t is None for t in grads):
         return tuple(grads)
+    R, D, args = prepared if prepared is not None else normal_prepare(x, mu, logvar, shape)
     if D < SHORT_ROW:
         kernel = _normal_bwd_chunked_parallel if use_parallel(n) else _normal_bwd_chunked_serial
     else:
         kernel = _normal_bwd_parallel if use_parallel(n) else _normal_bwd_serial
-    kernel(R, D, flat(g), *strided(x, R, D), *strided(mu, R, D), *strided(logvar, R, D), *arrays)
+    kernel(R, D, flat(g), *args, *arrays)
     return tuple(grads)
 
 
@@ -420,6 +431,33 @@ class BernoulliLogProb(torch.autograd.Function):
         return fold_vmap(BernoulliLogProb, info, in_dims, args)
 
 
+class _PlainNormalLogProb(torch.autograd.Function):
+    """The Gaussian log density for a plain ``backward()`` (no transform): lean, legacy-style.
+
+    As :class:`.gaussian._PlainRsampleKL`: inputs unexpanded, the forward's arrays and
+    layouts kept for the backward kernel; ``create_graph=True`` takes the
+    transform-aware Function path.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mu, logvar, shape):
+        prepared = normal_prepare(x, mu, logvar, shape)
+        ctx.state = (prepared, shape)
+        ctx.save_for_backward(x, mu, logvar)
+        return normal_forward(x, mu, logvar, prepared=prepared, shape=shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        prepared, shape = ctx.state
+        x, mu, logvar = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
+            grads = apply(NormalLogProbBackward, g, *expand_to(shape, x, mu, logvar), *needs)
+        else:
+            grads = normal_backward(g, x, mu, logvar, *needs, prepared=prepared, shape=shape)
+        return (*(reduce_to(d, t.shape) for d, t in zip(grads, (x, mu, logvar), strict=True)), None)
+
+
 class _PlainBernoulliLogProb(torch.autograd.Function):
     """The Bernoulli log-likelihood for a plain ``backward()`` (no transform), in the logits only.
 
@@ -462,8 +500,11 @@ class _PlainBernoulliLogProb(torch.autograd.Function):
 
 def normal_log_prob(x, mu, logvar, shape=None):
     """``[...]`` diagonal Gaussian log density of ``[..., D]`` x under (mu, logvar), broadcast to ``shape``."""
+    path = route(x, mu, logvar)
+    if path == PLAIN:
+        return plain_apply(_PlainNormalLogProb, x, mu, logvar, shape or x.shape)
     x, mu, logvar = expand_to(shape, x, mu, logvar)
-    if needs_autograd(x, mu, logvar):
+    if path == TRANSFORM:
         return apply(NormalLogProb, x, mu, logvar)
     return normal_forward(x, mu, logvar)
 
