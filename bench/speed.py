@@ -130,6 +130,29 @@ def kernel_profile(est, model, x, *, num_samples: int = 1, repeats: int = 10, se
     return {"step_s": step, "kernel_s": kernel, "kernel_share": kernel / step if step > 0 else float("nan"), **per_op}
 
 
+def time_interleaved(fns: dict, *, repeats: int = 20, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each ``fns[backend]()``, the calls interleaved (order rotating), each under its backend.
+
+    Timing one backend's repeats after the other's lets a burst of load on a shared
+    machine land on one of them only; interleaved, it hits both alike (as
+    :func:`bench.train.lockstep_throughput` does for whole trainings).
+    """
+    names = list(fns)
+    for name in names:
+        with kernels.use_backend(name):
+            for _ in range(warmup):
+                fns[name]()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            with kernels.use_backend(name):
+                t0 = time.perf_counter()
+                fns[name]()
+                out[name].append(time.perf_counter() - t0)
+    return out
+
+
 def estimator_speed(
     *,
     dataset: str = "digits",
@@ -168,44 +191,59 @@ def estimator_speed(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(grid), desc="speed", file=sys.stderr, leave=False, dynamic_ncols=True)
+    # The backends of one (estimator, batch size) are timed interleaved (time_interleaved),
+    # so load on a shared machine hits them alike; each configuration's rows are still
+    # written on their own (resume skips the finished ones).
+    groups: dict[tuple[str, int], list[str]] = {}
     for e, b, bs in grid:
-        est = make_estimator(e)
-        s = max(num_samples, est.min_samples)
-        key = {
-            "benchmark": "speed",
-            "part": "estimator",
-            "dataset": dataset,
-            "estimator": e,
-            "backend": b,
-            "batch_size": bs,
-            "num_samples": s,
-            "repeats": repeats,
-            "profile": profile,
-            "seed": seed,
-        }
-        if writer is not None and writer.is_done(key):
-            if bar is not None:
-                bar.update(1)
+        groups.setdefault((e, bs), []).append(b)
+    for (e, bs), group in groups.items():
+        setups = {}
+        for b in group:
+            est = make_estimator(e)
+            s = max(num_samples, est.min_samples)
+            key = {
+                "benchmark": "speed",
+                "part": "estimator",
+                "dataset": dataset,
+                "estimator": e,
+                "backend": b,
+                "batch_size": bs,
+                "num_samples": s,
+                "repeats": repeats,
+                "profile": profile,
+                "seed": seed,
+            }
+            if writer is not None and writer.is_done(key):
+                if bar is not None:
+                    bar.update(1)
+                continue
+            n = data.train.shape[0]
+            x = data.train[torch.arange(bs) % n]
+            model = models_mod.build_model(data, seed=seed)
+            with kernels.use_backend(b):
+                estimate, train_step = _step_fns(est, model, x, s, seed)
+            setups[b] = {"est": est, "s": s, "key": key, "x": x, "model": model, "fns": (estimate, train_step)}
+        if not setups:
             continue
-        n = data.train.shape[0]
-        x = data.train[torch.arange(bs) % n]
-        model = models_mod.build_model(data, seed=seed)
-        common = {
-            "benchmark": "speed",
-            "problem": dataset,
-            "estimator": e,
-            "backend": b,
-            "size": f"B={bs}",
-            "seed": seed,
-        }
-        r = []
-        with kernels.use_backend(b):
-            estimate, train_step = _step_fns(est, model, x, s, seed)
-            for op, fn, metric, per in (
-                ("estimate", estimate, "steps_per_s", 1),
-                ("train_step", train_step, "examples_per_s", bs),
-            ):
-                ts = time_call(fn, repeats=repeats, warmup=2)
+        timings = {}
+        for i, (op, per) in enumerate((("estimate", 1), ("train_step", bs))):
+            timed = time_interleaved({b: v["fns"][i] for b, v in setups.items()}, repeats=repeats, warmup=2)
+            for b, ts in timed.items():
+                timings[(b, op)] = (ts, per)
+        for b, v in setups.items():
+            common = {
+                "benchmark": "speed",
+                "problem": dataset,
+                "estimator": e,
+                "backend": b,
+                "size": f"B={bs}",
+                "seed": seed,
+            }
+            key = v["key"]
+            r = []
+            for op in ("estimate", "train_step"):
+                ts, per = timings[(b, op)]
                 med = statistics.median(ts)
                 r.append(
                     make_result(
@@ -221,9 +259,21 @@ def estimator_speed(
                     )
                 )
                 unit = "steps/s" if per == 1 else "examples/s"
-                r.append(make_result(key, **common, op=op, metric=metric, unit=unit, value=per / med))
+                r.append(
+                    make_result(
+                        key,
+                        **common,
+                        op=op,
+                        metric=("steps_per_s" if per == 1 else "examples_per_s"),
+                        unit=unit,
+                        value=per / med,
+                    )
+                )
             if profile:
-                prof = kernel_profile(est, model, x, num_samples=s, repeats=max(3, repeats // 2), seed=seed)
+                with kernels.use_backend(b):
+                    prof = kernel_profile(
+                        v["est"], v["model"], v["x"], num_samples=v["s"], repeats=max(3, repeats // 2), seed=seed
+                    )
                 r.append(
                     make_result(
                         key,
@@ -234,14 +284,14 @@ def estimator_speed(
                         value=prof["kernel_share"],
                     )
                 )
-                for k, v in prof.items():
+                for k, val in prof.items():
                     if k.endswith("_s"):
-                        r.append(make_result(key, **common, op=k[:-2], metric="profile_ms", unit="ms", value=v * 1e3))
-        if writer is not None:
-            writer.append(r)
-        rows.extend(r)
-        if bar is not None:
-            bar.update(1)
+                        r.append(make_result(key, **common, op=k[:-2], metric="profile_ms", unit="ms", value=val * 1e3))
+            if writer is not None:
+                writer.append(r)
+            rows.extend(r)
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     return to_frame(rows)

@@ -391,3 +391,31 @@ def test_bootstrap_ci_is_centred_on_the_estimate_for_small_r():
     g = torch.randn(32, 2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     st = V.gradient_stats(g, bootstrap=400, seed=0)
     assert st["ci_low"] < st["total_variance"] < st["ci_high"]
+
+
+# --------------------------------------------------------------------------- estimator speed
+def test_time_interleaved_calls_each_fn_under_its_backend_in_rotating_order():
+    from bench import speed as S
+
+    calls = []
+    fns = {b: (lambda b=b: calls.append((b, kernels.get_backend()))) for b in ("torch", "numba")}
+    out = S.time_interleaved(fns, repeats=4, warmup=1)
+    assert {k: len(v) for k, v in out.items()} == {"torch": 4, "numba": 4}
+    assert all(b == active for b, active in calls)  # each call ran under its own backend
+    timed = [b for b, _ in calls[2:]]  # after one warm-up call each
+    assert timed == ["torch", "numba", "numba", "torch", "torch", "numba", "numba", "torch"]
+
+
+def test_estimator_speed_rows_per_backend_and_resume(tmp_path):
+    from bench import speed as S
+    from bench.results import ResultsWriter
+
+    backends = ["torch", "numba"] if "numba" in kernels.available_backends("cpu") else ["torch"]
+    writer = ResultsWriter(tmp_path)
+    df = S.estimator_speed(backends=backends, batch_sizes=[8], repeats=3, profile=False, writer=writer)
+    for b in backends:
+        got = set(df[df.backend == b].metric)
+        assert {"ms", "steps_per_s", "examples_per_s"} <= got
+    n = len(read_results(tmp_path))
+    again = S.estimator_speed(backends=backends, batch_sizes=[8], repeats=3, profile=False, writer=writer)
+    assert again.empty and len(read_results(tmp_path)) == n  # every configuration done: nothing re-timed
