@@ -196,7 +196,9 @@ def estimator_speed(
     # written on their own (resume skips the finished ones).
     groups: dict[tuple[str, int], list[str]] = {}
     for e, b, bs in grid:
-        groups.setdefault((e, bs), []).append(b)
+        group = groups.setdefault((e, bs), [])
+        if b not in group:  # a backend named twice is timed once
+            group.append(b)
     for (e, bs), group in groups.items():
         setups = {}
         for b in group:

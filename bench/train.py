@@ -300,6 +300,23 @@ def train_step(cfg: TrainConfig, est, model, optim, x: torch.Tensor, z_dim: int,
     return elbo
 
 
+def _build_run(cfg: TrainConfig, dataset: ds_mod.Dataset):
+    """``(model, estimator, optimizer, z_dim)`` of a fresh run of ``cfg`` (seeded model)."""
+    model = models_mod.build_model(
+        dataset,
+        hidden=cfg.hidden,
+        z_dim=cfg.z_dim,
+        activation=cfg.activation,
+        seed=cfg.seed,
+        output_bias=cfg.output_bias,
+    )
+    est = make_estimator(cfg.estimator, cfg.control_variate)
+    optim = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)  # an estimator updates its own parameters
+    with torch.no_grad():
+        z_dim = int(model.encode(dataset.train[:1])[0].shape[-1])
+    return model, est, optim, z_dim
+
+
 def lockstep_throughput(
     configs: Sequence[TrainConfig], *, dataset: ds_mod.Dataset | None = None, progress: bool = False
 ) -> list[dict]:
@@ -334,14 +351,7 @@ def lockstep_throughput(
         dataset = ds_mod.load(c.dataset, seed=c.data_seed, binarize=c.binarize, split=c.split)
     runs = []
     for cfg in cfgs:
-        model = models_mod.build_model(
-            dataset, hidden=cfg.hidden, z_dim=cfg.z_dim, activation=cfg.activation, seed=cfg.seed,
-            output_bias=cfg.output_bias,
-        )  # fmt: skip
-        est = make_estimator(cfg.estimator, cfg.control_variate)
-        optim = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-        with torch.no_grad():
-            z_dim = int(model.encode(dataset.train[:1])[0].shape[-1])
+        model, est, optim, z_dim = _build_run(cfg, dataset)
         with kernels.use_backend(cfg.backend):
             warm_up(est, model, dataset.train[: cfg.batch_size], cfg.num_samples, cfg.kl, z_dim, cfg.seed)
         model.train()
@@ -437,16 +447,7 @@ def train(
     chash = config_hash(key)
     if dataset is None:
         dataset = ds_mod.load(cfg.dataset, seed=cfg.data_seed, binarize=cfg.binarize, split=cfg.split)
-    model = models_mod.build_model(
-        dataset,
-        hidden=cfg.hidden,
-        z_dim=cfg.z_dim,
-        activation=cfg.activation,
-        seed=cfg.seed,
-        output_bias=cfg.output_bias,
-    )
-    est = make_estimator(cfg.estimator, cfg.control_variate)
-    optim = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)  # an estimator updates its own parameters
+    model, est, optim, z_dim = _build_run(cfg, dataset)
     history: list[dict] = []
     start, wall = 0, 0.0
     ckpt_path = Path(checkpoint_dir) / f"{chash}.pt" if checkpoint_dir is not None else None
@@ -486,8 +487,6 @@ def train(
     run_sum, run_n = 0.0, 0
     bar = _bar(cfg.steps, f"train {cfg.estimator}/{cfg.control_variate}/{cfg.backend}/s{cfg.seed}", progress, start)
     model.train()
-    with torch.no_grad():
-        z_dim = int(model.encode(dataset.train[:1])[0].shape[-1])
     with kernels.use_backend(cfg.backend):
         if start < cfg.steps:
             warm_up(est, model, dataset.train[: cfg.batch_size], cfg.num_samples, cfg.kl, z_dim, cfg.seed)

@@ -189,3 +189,18 @@ def test_plain_bernoulli_above_the_fused_grad_size_runs_the_backward_kernel(op, 
     (want,) = torch.autograd.grad(want_ll, logits, g)
     torch.testing.assert_close(ll.detach(), want_ll.detach(), **tolerance(torch.float64))
     torch.testing.assert_close(got, want, **tolerance(torch.float64))
+
+
+@pytest.mark.parametrize("op,shapes", BROADCASTS, ids=str)
+def test_no_grad_path_reads_broadcast_inputs_unexpanded(op, shapes):
+    """Without autograd the launchers take the unexpanded inputs and the broadcast shape too."""
+    names = CASES[op][0]
+    args = [_inputs(op, shapes[n], seed=i)[i] for i, n in enumerate(names)]
+    with torch.no_grad():
+        got = getattr(kernels, op)(*args, backend="numba")
+        want = getattr(kernels, op)(*args, backend="torch")
+    for g, w in zip(
+        got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,), strict=True
+    ):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, **tolerance(torch.float64))

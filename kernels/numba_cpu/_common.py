@@ -39,11 +39,6 @@ def flat(t: torch.Tensor | None) -> np.ndarray | None:
 _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
-def empty(shape, dtype: torch.dtype) -> torch.Tensor:
-    """``torch.empty(shape, dtype=dtype)`` on CPU, allocated by numpy and wrapped (~3 us cheaper)."""
-    return torch.from_numpy(np.empty(tuple(shape), _NP_DTYPES[dtype]))
-
-
 def output(shape, dtype: torch.dtype, given: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """``(tensor, flat numpy view)`` of a new contiguous output (or of ``given``, preallocated)."""
     if given is not None:
@@ -111,11 +106,6 @@ def noise(shape, seed: int, dtype: torch.dtype) -> torch.Tensor:
         fill = _fill_normal_parallel if use_parallel(buf.size) else _fill_normal_serial
         fill(buf, k0, k1)
     return torch.from_numpy(buf).reshape(shape)
-
-
-def needs_autograd(*tensors: torch.Tensor | None) -> bool:
-    """True when the call must go through an ``autograd.Function`` (:func:`route` is not ``NO_GRAD``)."""
-    return route(*tensors) != NO_GRAD
 
 
 #: :func:`route` results.

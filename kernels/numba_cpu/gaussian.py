@@ -297,7 +297,7 @@ def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, 
         if kl is not None:
             kl.zero_()  # a sum over an empty last dim is 0
         return z, kl
-    R, D, args = prepared if prepared is not None else prepare(mu, logvar, eps)
+    R, D, args = prepared if prepared is not None else prepare(mu, logvar, eps, shape)
     k0, k1 = keys(seed if eps is None else None)
     if D < SHORT_ROW:
         kernel = _fwd_chunked_parallel if use_parallel(n) else _fwd_chunked_serial
@@ -327,7 +327,7 @@ def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=
     n = math.prod(shape)
     if n == 0 or (dmu is None and dlv is None and deps is None):
         return dmu, dlv, deps
-    R, D, args = prepared if prepared is not None else prepare(mu, logvar, eps)
+    R, D, args = prepared if prepared is not None else prepare(mu, logvar, eps, shape)
     k0, k1 = keys(seed if eps is None else None)
     if D < SHORT_ROW:
         kernel = _bwd_chunked_parallel if use_parallel(n) else _bwd_chunked_serial
@@ -501,10 +501,9 @@ def normal_rsample(mu, logvar, eps, seed, shape=None):
     path = route(mu, logvar, eps)
     if path == PLAIN:
         return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, False, shape or mu.shape)
-    mu, logvar, eps = expand_to(shape, mu, logvar, eps)
     if path == TRANSFORM:
-        return apply(Rsample, mu, logvar, eps, seed)
-    return forward(mu, logvar, eps, seed, True, False)[0]
+        return apply(Rsample, *expand_to(shape, mu, logvar, eps), seed)
+    return forward(mu, logvar, eps, seed, True, False, shape=shape)[0]
 
 
 def normal_kl_std(mu, logvar, shape=None):
@@ -512,10 +511,9 @@ def normal_kl_std(mu, logvar, shape=None):
     path = route(mu, logvar)
     if path == PLAIN:
         return plain_apply(_PlainRsampleKL, mu, logvar, None, None, False, True, shape or mu.shape)
-    mu, logvar = expand_to(shape, mu, logvar)
     if path == TRANSFORM:
-        return apply(KLStd, mu, logvar)
-    return forward(mu, logvar, None, None, False, True)[1]
+        return apply(KLStd, *expand_to(shape, mu, logvar))
+    return forward(mu, logvar, None, None, False, True, shape=shape)[1]
 
 
 def normal_rsample_kl(mu, logvar, eps, seed, shape=None):
@@ -523,7 +521,6 @@ def normal_rsample_kl(mu, logvar, eps, seed, shape=None):
     path = route(mu, logvar, eps)
     if path == PLAIN:
         return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, True, shape or mu.shape)
-    mu, logvar, eps = expand_to(shape, mu, logvar, eps)
     if path == TRANSFORM:
-        return apply(RsampleKL, mu, logvar, eps, seed)
-    return forward(mu, logvar, eps, seed, True, True)
+        return apply(RsampleKL, *expand_to(shape, mu, logvar, eps), seed)
+    return forward(mu, logvar, eps, seed, True, True, shape=shape)

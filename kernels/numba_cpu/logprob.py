@@ -503,10 +503,9 @@ def normal_log_prob(x, mu, logvar, shape=None):
     path = route(x, mu, logvar)
     if path == PLAIN:
         return plain_apply(_PlainNormalLogProb, x, mu, logvar, shape or x.shape)
-    x, mu, logvar = expand_to(shape, x, mu, logvar)
     if path == TRANSFORM:
-        return apply(NormalLogProb, x, mu, logvar)
-    return normal_forward(x, mu, logvar)
+        return apply(NormalLogProb, *expand_to(shape, x, mu, logvar))
+    return normal_forward(x, mu, logvar, shape=shape)
 
 
 def bernoulli_log_prob(x, logits, shape=None):
@@ -514,7 +513,6 @@ def bernoulli_log_prob(x, logits, shape=None):
     path = route(x, logits)
     if path == PLAIN and not x.requires_grad:
         return plain_apply(_PlainBernoulliLogProb, x, logits, shape or x.shape)
-    x, logits = expand_to(shape, x, logits)
-    if path != NO_GRAD:
-        return apply(BernoulliLogProb, x, logits)
-    return bernoulli_forward(x, logits)
+    if path != NO_GRAD:  # a transform, or x differentiable too
+        return apply(BernoulliLogProb, *expand_to(shape, x, logits))
+    return bernoulli_forward(x, logits, shape=shape)
