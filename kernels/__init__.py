@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from . import registry
+from . import philox, registry
 from .philox import check_seed, draw_seed
 from .registry import BackendInfo, BackendUnavailableError, register
 
@@ -44,6 +44,7 @@ __all__ = [
     "normal_kl_std",
     "normal_log_prob",
     "normal_noise",
+    "normal_noise_blocks",
     "normal_rsample",
     "normal_rsample_kl",
     "register",
@@ -440,3 +441,44 @@ def normal_noise(
     device = torch.device(device)
     mod = registry.load(resolve_backend(backend, device, dtype))
     return mod.normal_noise(shape, seed, device, dtype)
+
+
+def normal_noise_blocks(
+    blocks: int,
+    shape: Sequence[int],
+    *,
+    seed: int | None = None,
+    first: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Blocks ``first .. first + blocks - 1`` of the stream, each of ``shape``, stacked along dim 1.
+
+    Block ``b`` is elements ``b * N .. (b + 1) * N - 1`` of the stream (``N`` the
+    size of ``shape``), so the result ``[shape[0], blocks, *shape[1:]]`` equals
+    ``normal_noise((first + blocks, *shape), seed=seed)[first:].movedim(0, 1)``.
+    This is the noise of ``blocks`` replicates laid out as one batched call reads
+    it (``eps [S, replicates, ...]``, see :func:`estimators.per_sample_grads`):
+    filled in that order on CPU, so it is contiguous and no blocks before
+    ``first`` are drawn. Other devices take the composition above.
+
+    Returns:
+        a new contiguous tensor on ``device`` with ``dtype``.
+    """
+    for name, v in (("blocks", blocks), ("first", first)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"normal_noise_blocks: {name} must be an int >= 0, got {v!r}")
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"normal_noise_blocks: shape must be a sequence of ints, got {shape!r}") from None
+    if not shape or any(s < 0 for s in shape):
+        raise ValueError(f"normal_noise_blocks: shape must have at least one dim and non-negative sizes, got {shape}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"normal_noise_blocks: dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {dtype}")
+    seed = draw_seed() if seed is None else check_seed(seed)
+    device = torch.device(device)
+    if device.type == "cpu" and philox._HAVE_NUMBA:
+        return philox.normal_noise_blocks_numba(blocks, shape, seed, first, dtype)
+    full = normal_noise((first + blocks, *shape), seed=seed, device=device, dtype=dtype)
+    return full[first:].movedim(0, 1).contiguous()

@@ -176,6 +176,27 @@ if _HAVE_NUMBA:
         for i in range(out.shape[0]):
             out[i] = randn_at(k0, k1, numba.uint64(i))
 
+    @njit(parallel=True, **_FILL_OPTIONS)
+    def _fill_blocks_parallel(out, k0, k1, A, nb, M, first):
+        # out: [A, nb, M] row-major (flat); element (a, b, m) is the stream at
+        # ((first + b) * A + a) * M + m, i.e. element (a, m) of block first + b.
+        for j in prange(A * nb):
+            _fill_block_row(out, k0, k1, A, nb, M, first, j)
+
+    @njit(**_FILL_OPTIONS)
+    def _fill_blocks_serial(out, k0, k1, A, nb, M, first):
+        for j in range(A * nb):
+            _fill_block_row(out, k0, k1, A, nb, M, first, j)
+
+    @njit(inline="always", **_FILL_OPTIONS)
+    def _fill_block_row(out, k0, k1, A, nb, M, first, j):
+        a = j // nb
+        b = j - a * nb
+        src = numba.uint64(((first + b) * A + a) * M)
+        o = out[j * M : (j + 1) * M]  # a slice: indexed from 0, the loop vectorizes
+        for m in range(M):
+            o[m] = randn_at(k0, k1, src + numba.uint64(m))
+
 
 def split_seed(seed: int) -> tuple[np.uint64, np.uint64]:
     """Philox key words ``(low 32 bits, high 32 bits)`` of ``seed`` as uint64 scalars."""
@@ -201,6 +222,28 @@ def normal_noise_numba(shape, seed: int, dtype=torch.float32) -> torch.Tensor:
         else:
             _fill_normal_parallel(flat, k0, k1)
     out = torch.from_numpy(flat).reshape(shape)
+    return out if out.dtype == dtype else out.to(dtype)
+
+
+def normal_noise_blocks_numba(blocks: int, shape, seed: int, first: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """Blocks ``first .. first + blocks - 1`` of the stream, each of ``shape``, with the block dim second.
+
+    Returns ``[shape[0], blocks, *shape[1:]]`` equal to
+    ``normal_noise_numba((first + blocks, *shape), seed)[first:].movedim(0, 1)``,
+    but filled in this order directly: contiguous, and without drawing the blocks
+    before ``first``.
+    """
+    if not _HAVE_NUMBA:  # pragma: no cover
+        raise RuntimeError("numba is not installed")
+    shape = tuple(shape)
+    A, M = shape[0], math.prod(shape[1:])
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    flat = np.empty(A * blocks * M, dtype=np_dtype)
+    if flat.size:
+        k0, k1 = split_seed(seed)
+        fill = _fill_blocks_serial if flat.shape[0] < _SERIAL_BELOW else _fill_blocks_parallel
+        fill(flat, k0, k1, A, blocks, M, first)
+    out = torch.from_numpy(flat).reshape(A, blocks, *shape[1:])
     return out if out.dtype == dtype else out.to(dtype)
 
 

@@ -19,7 +19,8 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 from torch._functorch.utils import unwrap_dead_wrappers
 
 from ..philox import _fill_normal_parallel, _fill_normal_serial, split_seed
-from ._flags import PARALLEL_MIN_ELEMENTS
+from ._flags import PARALLEL_MIN_ELEMENTS, PRECOMPUTE_MIN_ELEMENTS, PRECOMPUTE_RATIO
+from ._math import map_exp_scaled
 
 _ZERO_KEY = (np.uint64(0), np.uint64(0))
 
@@ -68,6 +69,21 @@ def reduce_to(g: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:
     if g.numel() == math.prod(shape):
         return g.view(shape)  # only size-1 dims differ
     return g.sum_to_size(shape)
+
+
+def exp_of_broadcast(a: np.ndarray | None, n: int, scale: float) -> np.ndarray | None:
+    """``exp(scale * a)`` over the array ``a`` of a broadcast input, or None to evaluate it per element.
+
+    ``a`` is the 1-D array a kernel reads an input through (:func:`._layout.strided`);
+    when it holds far fewer elements than the ``n`` the kernel processes (a
+    parameter broadcast over samples), its exp is taken once here and the kernel
+    reads the result through the same layout (see :mod:`._flags`).
+    """
+    if a is None or n < PRECOMPUTE_MIN_ELEMENTS or a.shape[0] * PRECOMPUTE_RATIO > n:
+        return None
+    out = np.empty_like(a)
+    map_exp_scaled(a, scale, out)
+    return out
 
 
 def expand_to(shape, *tensors):

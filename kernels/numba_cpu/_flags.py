@@ -35,8 +35,21 @@ PARALLEL_MIN_ELEMENTS_BERNOULLI = 1 << 14
 # (its page faults) and torch's multiply cost more than they save.
 FUSED_GRAD_MAX_ELEMENTS = 1 << 21
 
+# A broadcast log variance (one row, or a few rows read by many: the toys' and
+# ppca's fixed variances, log q under mu [B, D] of z [S, B, D]) has its exp taken
+# once over its own elements before the kernel runs, when the kernel processes at
+# least PRECOMPUTE_MIN_ELEMENTS elements and PRECOMPUTE_RATIO times as many as the
+# parameter holds; the kernel then reads exp(-logvar) or exp(logvar / 2) like any
+# input instead of evaluating the polynomial per element. Measured here, 4M float32
+# elements in rows of 64 (2 threads): the log-prob row loop 1.51 -> 0.49 ms.
+PRECOMPUTE_MIN_ELEMENTS = 1 << 15
+PRECOMPUTE_RATIO = 4
+
 # Row sums are accumulated in blocks of this many elements in the input dtype
-# (vectorized lanes) and the block sums in float64.
+# (vectorized lanes) and the block sums in float64. A row of at most BLOCK
+# elements is one block, summed by one plain loop: the block loop's slicing costs
+# about as much as 64 elements of work (measured: 4M float32 log-prob terms in
+# rows of 64, 1.05 -> 0.49 ms).
 BLOCK = 256
 
 # Options of every kernel: ``error_model="numpy"`` makes float division by zero

@@ -457,6 +457,14 @@ def _map_exp(x, out):
 
 
 @njit(**JIT_OPTIONS)
+def map_exp_scaled(x, scale, out):
+    """``out[i] = fexp(x[i] * scale)`` (the kernels' exp of a broadcast log variance, taken once)."""
+    c = cst(x, scale)
+    for i in range(x.shape[0]):
+        out[i] = fexp(x[i] * c)
+
+
+@njit(**JIT_OPTIONS)
 def _map_log(x, out):
     for i in range(x.shape[0]):
         out[i] = flog(x[i])

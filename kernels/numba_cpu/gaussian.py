@@ -36,6 +36,7 @@ from ._common import (
     TRANSFORM,
     apply,
     apply_backward,
+    exp_of_broadcast,
     expand_to,
     flat,
     fold_vmap,
@@ -55,50 +56,76 @@ from ._math import cst, fexp, seg
 # --------------------------------------------------------------------------- kernels
 
 
+def std_of(sp, sp_, j, v):  # pragma: no cover - replaced by the overload inside numba
+    """``exp(v / 2)``: read from ``sp_[j]`` when the launcher precomputed it (``sp`` not None)."""
+    return np.exp(v / 2) if sp is None else sp_[j]
+
+
+@overload(std_of, inline="always")
+def _std_of_impl(sp, sp_, j, v):
+    if isinstance(sp, types.NoneType):
+        return lambda sp, sp_, j, v: fexp(v * cst(v, 0.5))
+    return lambda sp, sp_, j, v: sp_[j]
+
+
 @njit(**JIT_OPTIONS)
-def _fwd_row(r, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
-    # mu, lv: mean, log variance, read as rows of their layouts (see _layout);
-    # eps: noise or None (Philox at the row-major index of z); z: [R*D] output or
-    # None; kl: [R] output or None. Blocks of BLOCK elements, each indexed from 0
-    # (see _math.seg), summed in float32 lanes, then float64.
-    half = cst(mu, 0.5)
-    one = cst(mu, 1.0)
+def _fwd_elems(n, m_, v_, s_, sp, e_, k0, k1, idx0, z_, kl):
+    # z_[i] = m + s e over n elements (e_ None: Philox at idx0 + i) and the sum of
+    # the KL terms (returned; 0 when kl is None). s_: exp(v / 2) precomputed, or
+    # None (then sp is None too and it is evaluated here).
+    half = cst(m_, 0.5)
+    one = cst(m_, 1.0)
+    part = cst(m_, 0.0)
+    for j in range(n):
+        m = m_[j]
+        v = v_[j]
+        s = std_of(sp, s_, j, v)
+        if z_ is not None:
+            if e_ is None:
+                e = cst(m_, randn_at(k0, k1, idx0 + np.uint64(j)))
+            else:
+                e = e_[j]
+            z_[j] = m + s * e
+        if kl is not None:
+            part += s * s + m * m - one - v
+    return part * half
+
+
+@njit(**JIT_OPTIONS)
+def _fwd_row(r, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
+    # mu, lv: mean, log variance, read as rows of their layouts (see _layout); sp:
+    # exp(lv / 2) through lv's layout, or None; eps: noise or None (Philox at the
+    # row-major index of z); z: [R*D] output or None; kl: [R] output or None.
+    # Blocks of BLOCK elements, each indexed from 0 (see _math.seg), summed in
+    # float32 lanes, then float64; a row of at most BLOCK elements is one block.
     start = r * D
-    mr, vr, er = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D)
+    mr, vr, sr, er = row(mu, mul, r, D), row(lv, lvl, r, D), row(sp, lvl, r, D), row(eps, el, r, D)
     zr = seg(z, start, start + D)
+    if D <= BLOCK:
+        part = _fwd_elems(D, mr, vr, sr, sp, er, k0, k1, np.uint64(start), zr, kl)
+        if kl is not None:
+            kl[r] = cst(kl, np.float64(part))
+        return
     acc = 0.0
     for lo in range(0, D, BLOCK):
         hi = min(lo + BLOCK, D)
-        m_, v_, e_, z_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(er, lo, hi), seg(zr, lo, hi)
-        part = cst(mu, 0.0)
+        m_, v_, s_, e_, z_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(sr, lo, hi), seg(er, lo, hi), seg(zr, lo, hi)
         idx0 = np.uint64(start + lo)  # Philox index of the block's first element (see _bwd_row)
-        for j in range(hi - lo):
-            m = m_[j]
-            v = v_[j]
-            s = fexp(v * half)
-            if z is not None:
-                if eps is None:
-                    e = cst(mu, randn_at(k0, k1, idx0 + np.uint64(j)))
-                else:
-                    e = e_[j]
-                z_[j] = m + s * e
-            if kl is not None:
-                part += s * s + m * m - one - v
-        acc += np.float64(part)
+        acc += np.float64(_fwd_elems(hi - lo, m_, v_, s_, sp, e_, k0, k1, idx0, z_, kl))
     if kl is not None:
-        kl[r] = cst(kl, 0.5 * acc)
+        kl[r] = cst(kl, acc)
 
 
 @njit(**JIT_OPTIONS)
-def _fwd_serial(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+def _fwd_serial(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
     for r in range(R):
-        _fwd_row(r, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
+        _fwd_row(r, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _fwd_parallel(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+def _fwd_parallel(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
     for r in prange(R):
-        _fwd_row(r, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
+        _fwd_row(r, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
 
 
 def per_row(g, i):  # pragma: no cover - replaced by the overload inside numba
@@ -114,14 +141,15 @@ def _per_row_impl(g, i):
 
 
 @njit(**JIT_OPTIONS)  # a call, not IR inlining: numba prunes the None branches only in a compiled signature
-def _bwd_elems(n, dz_, dkl, g, m_, v_, e_, k0, k1, idx0, dm_, dl_, de_):
+def _bwd_elems(n, dz_, dkl, g, m_, v_, s_, sp, e_, k0, k1, idx0, dm_, dl_, de_):
     # The backward of n elements: dz_, m_, v_, e_ (None: Philox at idx0 + i) inputs,
-    # dm_, dl_, de_ outputs (None: not wanted); g is the KL's upstream gradient,
-    # a scalar (one row) or an n-array (a chunk of rows), used when dkl is not None.
+    # s_ exp(v / 2) precomputed or None (sp None: evaluated here); dm_, dl_, de_
+    # outputs (None: not wanted); g is the KL's upstream gradient, a scalar (one
+    # row) or an n-array (a chunk of rows), used when dkl is not None.
     half = cst(m_, 0.5)
     one = cst(m_, 1.0)
     for i in range(n):
-        s = fexp(v_[i] * half)
+        s = std_of(sp, s_, i, v_[i])
         gm = cst(m_, 0.0)
         gl = cst(m_, 0.0)
         if dz_ is not None:
@@ -146,7 +174,7 @@ def _bwd_elems(n, dz_, dkl, g, m_, v_, e_, k0, k1, idx0, dm_, dl_, de_):
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
     # dz: upstream gradient of z or None; dkl: [R] or None; mu, lv, eps (None:
     # Philox) and dz are read as rows of their layouts (see _layout); dmu, dlv,
     # deps: [R*D] outputs, each None when not wanted.
@@ -156,25 +184,26 @@ def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, de
     b0 = r * D
     b1 = b0 + D
     m_, v_, e_, dz_ = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D), row(dz, dzl, r, D)
+    s_ = row(sp, lvl, r, D)
     dm_, dl_, de_ = seg(dmu, b0, b1), seg(dlv, b0, b1), seg(deps, b0, b1)
     idx0 = np.uint64(b0)  # Philox index of the row's first element (a uint64 base vectorizes; int64 + j did not)
-    _bwd_elems(D, dz_, dkl, g, m_, v_, e_, k0, k1, idx0, dm_, dl_, de_)
+    _bwd_elems(D, dz_, dkl, g, m_, v_, s_, sp, e_, k0, k1, idx0, dm_, dl_, de_)
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
     for r in range(R):
-        _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
+        _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _bwd_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
     for r in prange(R):
-        _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
+        _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
 
 
 @njit(**JIT_OPTIONS)
-def _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+def _fwd_chunk(c, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
     # Short rows (D < SHORT_ROW): the elements of CHUNK_ROWS rows as one flat,
     # vectorized loop (Philox index = flat index of z), then per-row KL sums.
     r0 = c * CHUNK_ROWS
@@ -183,16 +212,16 @@ def _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
     o = r0 * D
     ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
     vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
+    ss = rows_flat(sp, lvl, r0, nr, D, scratch(sp, n))
     es = rows_flat(eps, el, r0, nr, D, scratch(eps, n))
     z_ = seg(z, o, o + n)
     t = scratch(kl, n)
-    half = cst(mu, 0.5)
     one = cst(mu, 1.0)
     idx0 = np.uint64(o)
     for i in range(n):
         m = ms[i]
         v = vs[i]
-        s = fexp(v * half)
+        s = std_of(sp, ss, i, v)
         if z is not None:
             if eps is None:
                 e = cst(mu, randn_at(k0, k1, idx0 + np.uint64(i)))
@@ -210,19 +239,19 @@ def _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
 
 
 @njit(**JIT_OPTIONS)
-def _fwd_chunked_serial(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+def _fwd_chunked_serial(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
     for c in range((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
+        _fwd_chunk(c, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _fwd_chunked_parallel(R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl):
+def _fwd_chunked_parallel(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
     for c in prange((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        _fwd_chunk(c, R, D, mu, mul, lv, lvl, eps, el, k0, k1, z, kl)
+        _fwd_chunk(c, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
     # Short rows: as _bwd_row over CHUNK_ROWS rows at once, dkl spread over each row first.
     r0 = c * CHUNK_ROWS
     nr = min(CHUNK_ROWS, R - r0)
@@ -230,6 +259,7 @@ def _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dl
     o = r0 * D
     ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
     vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
+    ss = rows_flat(sp, lvl, r0, nr, D, scratch(sp, n))
     es = rows_flat(eps, el, r0, nr, D, scratch(eps, n))
     dzs = rows_flat(dz, dzl, r0, nr, D, scratch(dz, n))
     gs = scratch(dkl, n)
@@ -239,19 +269,19 @@ def _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dl
             for j in range(k * D, (k + 1) * D):
                 gs[j] = gk
     dm_, dl_, de_ = seg(dmu, o, o + n), seg(dlv, o, o + n), seg(deps, o, o + n)
-    _bwd_elems(n, dzs, dkl, gs, ms, vs, es, k0, k1, np.uint64(o), dm_, dl_, de_)
+    _bwd_elems(n, dzs, dkl, gs, ms, vs, ss, sp, es, k0, k1, np.uint64(o), dm_, dl_, de_)
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_chunked_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_chunked_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
     for c in range((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
+        _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _bwd_chunked_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_chunked_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
     for c in prange((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, eps, el, k0, k1, dmu, dlv, deps)
+        _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -265,7 +295,9 @@ def prepare(mu, logvar, eps, shape=None):
     """
     shape = mu.shape if shape is None else shape
     R, D = rows(shape)
-    return R, D, (*strided(mu, R, D, shape), *strided(logvar, R, D, shape), *strided(eps, R, D, shape))
+    lv, lvl = strided(logvar, R, D, shape)
+    sp = exp_of_broadcast(lv, R * D, 0.5)  # exp(logvar / 2) once, for a broadcast logvar
+    return R, D, (*strided(mu, R, D, shape), lv, lvl, sp, *strided(eps, R, D, shape))
 
 
 def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, prepared=None, shape=None):

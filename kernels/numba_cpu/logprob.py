@@ -22,7 +22,8 @@ import math
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 from ._common import (
     NO_GRAD,
@@ -30,6 +31,7 @@ from ._common import (
     TRANSFORM,
     apply,
     apply_backward,
+    exp_of_broadcast,
     expand_to,
     flat,
     fold_vmap,
@@ -50,51 +52,72 @@ LOG_2PI = math.log(2.0 * math.pi)
 # --------------------------------------------------------------------------- Gaussian
 
 
+def inv_var(w, w_, j, v):  # pragma: no cover - replaced by the overload inside numba
+    """``exp(-v)``: read from ``w_[j]`` when the launcher precomputed it (``w`` not None)."""
+    return np.exp(-v) if w is None else w_[j]
+
+
+@overload(inv_var, inline="always")
+def _inv_var_impl(w, w_, j, v):
+    if isinstance(w, types.NoneType):
+        return lambda w, w_, j, v: fexp(-v)
+    return lambda w, w_, j, v: w_[j]
+
+
 @njit(**JIT_OPTIONS)
-def _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, out):
-    # x, mu, lv: read as rows of their layouts (see _layout); out: [R] log density
-    # per row. Blocks indexed from 0 (_math.seg).
+def _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, w, out):
+    # x, mu, lv: read as rows of their layouts (see _layout); w: exp(-lv) through
+    # lv's layout, or None (evaluated here); out: [R] log density per row. Blocks
+    # indexed from 0 (_math.seg); a row of at most BLOCK elements is one block.
     c = cst(x, LOG_2PI)
-    xr, mr, vr = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D)
+    xr, mr, vr, wr = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D), row(w, lvl, r, D)
+    if D <= BLOCK:
+        part = cst(x, 0.0)
+        for j in range(D):
+            v = vr[j]
+            d = xr[j] - mr[j]
+            part += c + v + d * d * inv_var(w, wr, j, v)
+        out[r] = cst(out, -0.5 * np.float64(part))
+        return
     acc = 0.0
     for lo in range(0, D, BLOCK):
         hi = min(lo + BLOCK, D)
-        x_, m_, v_ = seg(xr, lo, hi), seg(mr, lo, hi), seg(vr, lo, hi)
+        x_, m_, v_, w_ = seg(xr, lo, hi), seg(mr, lo, hi), seg(vr, lo, hi), seg(wr, lo, hi)
         part = cst(x, 0.0)
         for j in range(hi - lo):
             v = v_[j]
             d = x_[j] - m_[j]
-            part += c + v + d * d * fexp(-v)
+            part += c + v + d * d * inv_var(w, w_, j, v)
         acc += np.float64(part)
     out[r] = cst(out, -0.5 * acc)
 
 
 @njit(**JIT_OPTIONS)
-def _normal_fwd_serial(R, D, x, xl, mu, mul, lv, lvl, out):
+def _normal_fwd_serial(R, D, x, xl, mu, mul, lv, lvl, w, out):
     for r in range(R):
-        _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, out)
+        _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, w, out)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _normal_fwd_parallel(R, D, x, xl, mu, mul, lv, lvl, out):
+def _normal_fwd_parallel(R, D, x, xl, mu, mul, lv, lvl, w, out):
     for r in prange(R):
-        _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, out)
+        _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, w, out)
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
-    # g: [R] upstream; x, mu, lv: rows of their layouts (_layout); dx, dmu, dlv:
-    # [R*D] outputs or None
+def _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
+    # g: [R] upstream; x, mu, lv: rows of their layouts (_layout); w: exp(-lv) or
+    # None (as in the forward); dx, dmu, dlv: [R*D] outputs or None
     gr = g[r]
     half = cst(x, 0.5)
     one = cst(x, 1.0)
     b0 = r * D
     b1 = b0 + D
-    x_, m_, v_ = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D)
+    x_, m_, v_, w_ = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D), row(w, lvl, r, D)
     dx_, dm_, dl_ = seg(dx, b0, b1), seg(dmu, b0, b1), seg(dlv, b0, b1)
     for j in range(D):
         d = x_[j] - m_[j]
-        q = d * fexp(-v_[j])
+        q = d * inv_var(w, w_, j, v_[j])
         gq = gr * q
         if dx is not None:
             dx_[j] = -gq
@@ -105,19 +128,19 @@ def _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_serial(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+def _normal_bwd_serial(R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
     for r in range(R):
-        _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
+        _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _normal_bwd_parallel(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+def _normal_bwd_parallel(R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
     for r in prange(R):
-        _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
+        _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
 
 
 @njit(**JIT_OPTIONS)
-def _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out):
+def _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, w, out):
     # Short rows (D < SHORT_ROW): rows c*CHUNK_ROWS .. as one flat, vectorized
     # loop over their elements, then a per-row float64 sum of the terms.
     r0 = c * CHUNK_ROWS
@@ -126,12 +149,13 @@ def _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out):
     xs = rows_flat(x, xl, r0, nr, D, scratch(x, n))
     ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
     vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
+    ws = rows_flat(w, lvl, r0, nr, D, scratch(w, n))
     t = np.empty(n, x.dtype)
     cc = cst(x, LOG_2PI)
     for i in range(n):
         v = vs[i]
         d = xs[i] - ms[i]
-        t[i] = cc + v + d * d * fexp(-v)
+        t[i] = cc + v + d * d * inv_var(w, ws, i, v)
     for k in range(nr):
         acc = cst(t, 0.0)  # fewer than SHORT_ROW terms: summed in the input dtype, as a block of the row kernels
         for j in range(k * D, (k + 1) * D):
@@ -140,19 +164,19 @@ def _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out):
 
 
 @njit(**JIT_OPTIONS)
-def _normal_fwd_chunked_serial(R, D, x, xl, mu, mul, lv, lvl, out):
+def _normal_fwd_chunked_serial(R, D, x, xl, mu, mul, lv, lvl, w, out):
     for c in range((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out)
+        _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, w, out)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _normal_fwd_chunked_parallel(R, D, x, xl, mu, mul, lv, lvl, out):
+def _normal_fwd_chunked_parallel(R, D, x, xl, mu, mul, lv, lvl, w, out):
     for c in prange((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, out)
+        _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, w, out)
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+def _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
     # Short rows: the elements of CHUNK_ROWS rows as one flat loop, with the
     # upstream gradient of each row spread over its elements first.
     r0 = c * CHUNK_ROWS
@@ -162,6 +186,7 @@ def _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
     xs = rows_flat(x, xl, r0, nr, D, scratch(x, n))
     ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
     vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
+    ws = rows_flat(w, lvl, r0, nr, D, scratch(w, n))
     gs = np.empty(n, x.dtype)
     for k in range(nr):
         gk = g[r0 + k]
@@ -172,7 +197,7 @@ def _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
     dx_, dm_, dl_ = seg(dx, o, o + n), seg(dmu, o, o + n), seg(dlv, o, o + n)
     for i in range(n):
         d = xs[i] - ms[i]
-        q = d * fexp(-vs[i])
+        q = d * inv_var(w, ws, i, vs[i])
         gq = gs[i] * q
         if dx is not None:
             dx_[i] = -gq
@@ -183,15 +208,15 @@ def _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_chunked_serial(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+def _normal_bwd_chunked_serial(R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
     for c in range((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
+        _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _normal_bwd_chunked_parallel(R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv):
+def _normal_bwd_chunked_parallel(R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
     for c in prange((R + CHUNK_ROWS - 1) // CHUNK_ROWS):
-        _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, dx, dmu, dlv)
+        _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
 
 
 # --------------------------------------------------------------------------- Bernoulli
@@ -269,7 +294,9 @@ def normal_prepare(x, mu, logvar, shape=None):
     """``(R, D, kernel inputs)`` of the Gaussian log density (see :func:`.gaussian.prepare`)."""
     shape = x.shape if shape is None else shape
     R, D = rows(shape)
-    return R, D, (*strided(x, R, D, shape), *strided(mu, R, D, shape), *strided(logvar, R, D, shape))
+    lv, lvl = strided(logvar, R, D, shape)
+    w = exp_of_broadcast(lv, R * D, -1.0)  # exp(-logvar) once, for a broadcast logvar
+    return R, D, (*strided(x, R, D, shape), *strided(mu, R, D, shape), lv, lvl, w)
 
 
 def normal_forward(x, mu, logvar, *, out=None, prepared=None, shape=None):
