@@ -170,3 +170,87 @@ def test_normal_noise_blocks_bad_input(kwargs, match):
     kwargs = {"seed": 0, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         kernels.normal_noise_blocks(kwargs.pop("blocks"), kwargs.pop("shape"), **kwargs)
+
+
+# --------------------------------------------------------------------------- broadcast gradients summed in the kernel
+@needs_numba
+def test_grad_outputs_sums_only_broadcast_inputs_read_in_place():
+    """mu [8, 64] of z [300, 8, 64]: the backward's gradient outputs are [REDUCE_TASKS, 512] accumulators."""
+    from kernels.numba_cpu._common import grad_outputs
+    from kernels.numba_cpu._flags import REDUCE_TASKS
+    from kernels.numba_cpu.logprob import normal_prepare
+
+    z, mu, lv = _params((300, 8, 64), (8, 64), (8, 64), torch.float32)
+    _, _, args = normal_prepare(z, mu, lv, z.shape)
+    arrays_in = args[0:6:2]
+    res, arrays = grad_outputs(z.shape, torch.float32, (False, True, True), (z, mu, lv), arrays_in)
+    assert res[0] is None and all(a.shape == (REDUCE_TASKS, 512) for a in arrays[1:])
+    # not broadcast, or not read in place (a copy, a non-contiguous input): full-size outputs
+    for i, t in ((0, z), (1, mu.clone()), (1, mu.t().contiguous().t())):
+        wanted = tuple(j == i for j in range(3))
+        inputs = tuple(t if j == i else u for j, u in enumerate((z, mu, lv)))
+        _, arrays = grad_outputs(z.shape, torch.float32, wanted, inputs, arrays_in)
+        assert arrays[i].shape == (z.numel(),)
+
+
+def _spy_grad_outputs(monkeypatch):
+    """Record how many accumulators each backward launcher got from grad_outputs."""
+    from kernels.numba_cpu import _common, _layout
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        res, arrays = _common.grad_outputs(*args, **kwargs)
+        seen.append(sum(a is not None and a.ndim == 2 for a in arrays))
+        return res, arrays
+
+    monkeypatch.setattr(_layout, "grad_outputs", spy)  # called by the backward launchers' rows_backward
+    return seen
+
+
+@needs_numba
+@pytest.mark.parametrize("seeded", [False, True], ids=["eps", "philox"])
+def test_plain_backward_sums_broadcast_gradients_in_the_kernel(monkeypatch, seeded):
+    seen = _spy_grad_outputs(monkeypatch)
+    z, mu, lv = _params((300, 8, 64), (8, 64), (8, 64), torch.float64)
+    got = {}
+    for be in ("numba", "torch"):
+        m, v = mu.clone().requires_grad_(), lv.clone().requires_grad_()
+        with kernels.use_backend(be):
+            if seeded:
+                zz = kernels.normal_rsample(m.expand(300, 8, 64), v, seed=4)  # rsample only, Philox noise
+            else:
+                zz = kernels.normal_rsample(m, v, z)
+            lq = kernels.normal_log_prob(zz.detach(), m, v)
+        got[be] = torch.autograd.grad((zz * z).sum() + lq.sum(), (m, v))
+    # rsample: dmu and dlogvar summed in the kernel (mu expanded first is not read in place: dlogvar only);
+    # log-prob: dmu and dlogvar
+    assert sorted(seen) == ([1, 2] if seeded else [2, 2])
+    _check(got["numba"], got["torch"], z.numel(), torch.float64)
+
+
+@needs_numba
+@pytest.mark.parametrize("seeded", [False, True], ids=["eps", "philox"])
+def test_summed_broadcast_gradients_do_not_depend_on_the_thread_count(seeded):
+    import numba
+
+    before = numba.get_num_threads()
+    if before < 2:
+        pytest.skip("needs numba with at least 2 threads to compare against 1")
+    z, mu, lv = _params((300, 8, 64), (8, 64), (8, 64), torch.float32)
+    out = []
+    try:
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            m, v = mu.clone().requires_grad_(), lv.clone().requires_grad_()
+            with kernels.use_backend("numba"):
+                if seeded:  # Philox noise: z takes mu's shape, so mu comes expanded (logvar is still broadcast)
+                    zz, kl = kernels.normal_rsample_kl(m.expand(300, 8, 64), v, seed=9)
+                else:
+                    zz, kl = kernels.normal_rsample_kl(m, v, z)
+                lq = kernels.normal_log_prob(zz.detach(), m, v)
+            out.append(torch.autograd.grad((zz * z).sum() + kl.sum() + lq.sum(), (m, v)))
+    finally:
+        numba.set_num_threads(before)
+    for a, b in zip(out[0], out[1], strict=True):
+        assert torch.equal(a, b)

@@ -19,7 +19,7 @@ from torch._C._functorch import is_functorch_wrapped_tensor
 from torch._functorch.utils import unwrap_dead_wrappers
 
 from ..philox import _fill_normal_parallel, _fill_normal_serial, split_seed
-from ._flags import PARALLEL_MIN_ELEMENTS, PRECOMPUTE_MIN_ELEMENTS, PRECOMPUTE_RATIO
+from ._flags import PARALLEL_MIN_ELEMENTS, PRECOMPUTE_MIN_ELEMENTS, PRECOMPUTE_RATIO, REDUCE_TASKS
 from ._math import map_exp_scaled
 
 _ZERO_KEY = (np.uint64(0), np.uint64(0))
@@ -60,6 +60,61 @@ def outputs(shape, dtype: torch.dtype, wanted, given=None) -> tuple[tuple, tuple
             ts.append(t)
             arrays.append(a)
     return tuple(ts), tuple(arrays)
+
+
+def summable(t: torch.Tensor | None, a: np.ndarray | None, n: int) -> bool:
+    """Whether the gradient of input ``t``, read by a kernel of ``n`` elements through ``a``, is summed there.
+
+    ``t`` must be broadcast over at least REDUCE_TASKS times its size (the
+    accumulators hold REDUCE_TASKS copies of it), contiguous, and read in place
+    (``a``, from :func:`._layout.strided`, is its own data), so that the
+    accumulator's layout is the input's.
+    """
+    return (
+        t is not None
+        and a is not None
+        and n >= PRECOMPUTE_MIN_ELEMENTS
+        and t.numel() * REDUCE_TASKS <= n
+        and t.is_contiguous()
+        and a.shape[0] == t.numel()
+        and a.ctypes.data == t.data_ptr()
+    )
+
+
+def grad_outputs(shape, dtype: torch.dtype, wanted, inputs=None, arrays=None) -> tuple[list, tuple]:
+    """Gradient outputs of a rows backward kernel: ``(results, kernel arrays)``.
+
+    As :func:`outputs`, except that the gradient of an input that is
+    :func:`summable` is summed in the kernel (see :mod:`._flags`): its kernel array
+    is a zeroed float64 ``[REDUCE_TASKS, numel]`` accumulator (float64 so that the
+    sums of thousands of float32 terms stay accurate), and its result entry is that
+    array until :func:`finish_grads`.
+    """
+    n = math.prod(shape)
+    res, outs = [], []
+    for i, flag in enumerate(wanted):
+        t = None if inputs is None else inputs[i]
+        a = None if arrays is None else arrays[i]
+        if not flag:
+            res.append(None)
+            outs.append(None)
+        elif summable(t, a, n):
+            acc = np.zeros((REDUCE_TASKS, t.numel()), np.float64)
+            res.append(acc)
+            outs.append(acc)
+        else:
+            g, ga = output(shape, dtype)
+            res.append(g)
+            outs.append(ga)
+    return res, tuple(outs)
+
+
+def finish_grads(res, inputs) -> tuple:
+    """The gradients of :func:`grad_outputs`: accumulators summed over their tasks, in the input's shape and dtype."""
+    return tuple(
+        torch.from_numpy(r.sum(0)).to(t.dtype).view(t.shape) if isinstance(r, np.ndarray) else r
+        for r, t in zip(res, inputs, strict=True)
+    )
 
 
 def reduce_to(g: torch.Tensor | None, shape: torch.Size) -> torch.Tensor | None:

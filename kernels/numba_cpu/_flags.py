@@ -45,6 +45,15 @@ FUSED_GRAD_MAX_ELEMENTS = 1 << 21
 PRECOMPUTE_MIN_ELEMENTS = 1 << 15
 PRECOMPUTE_RATIO = 4
 
+# The gradient of an input broadcast over at least REDUCE_TASKS times its size
+# (mu [B, D] of z [S, B, D]) is summed inside the backward kernel, into
+# REDUCE_TASKS float64 partial sums (one per task, rows split evenly whatever the
+# thread count, so the result does not depend on it) added at the end, instead of
+# being written at full size and summed by torch afterwards (rows of at least
+# SHORT_ROW). Measured here, toy shapes z [1000, 64, 64]: log q(z) forward+backward
+# 2.3x and rsample + log-prob forward+backward 1.7x faster.
+REDUCE_TASKS = 8
+
 # Row sums are accumulated in blocks of this many elements in the input dtype
 # (vectorized lanes) and the block sums in float64. A row of at most BLOCK
 # elements is one block, summed by one plain loop: the block loop's slicing costs

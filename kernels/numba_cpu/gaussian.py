@@ -38,6 +38,7 @@ from ._common import (
     apply_backward,
     exp_of_broadcast,
     expand_to,
+    finish_grads,
     flat,
     fold_vmap,
     keys,
@@ -47,10 +48,11 @@ from ._common import (
     reduce_to,
     route,
     rows,
+    summable,
     use_parallel,
 )
 from ._flags import BLOCK, JIT_OPTIONS
-from ._layout import CHUNK_ROWS, SHORT_ROW, row, rows_flat, scratch, strided
+from ._layout import CHUNK_ROWS, SHORT_ROW, out_row, put, row, rows_backward, rows_flat, scratch, strided, task, tasks
 from ._math import cst, fexp, seg
 
 # --------------------------------------------------------------------------- kernels
@@ -68,64 +70,65 @@ def _std_of_impl(sp, sp_, j, v):
     return lambda sp, sp_, j, v: sp_[j]
 
 
+def noise_at(eps, e_, j, k0, k1, idx):  # pragma: no cover - replaced by the overload inside numba
+    """``e_[j]``, or the Philox stream at ``idx`` when there is no ``eps`` (None)."""
+    return e_[j] if eps is not None else randn_at(k0, k1, idx)
+
+
+@overload(noise_at, inline="always")
+def _noise_at_impl(eps, e_, j, k0, k1, idx):
+    if isinstance(eps, types.NoneType):
+        return lambda eps, e_, j, k0, k1, idx: randn_at(k0, k1, idx)
+    return lambda eps, e_, j, k0, k1, idx: e_[j]
+
+
 @njit(**JIT_OPTIONS)
-def _fwd_elems(n, m_, v_, s_, sp, e_, k0, k1, idx0, z_, kl):
-    # z_[i] = m + s e over n elements (e_ None: Philox at idx0 + i) and the sum of
-    # the KL terms (returned; 0 when kl is None). s_: exp(v / 2) precomputed, or
-    # None (then sp is None too and it is evaluated here).
-    half = cst(m_, 0.5)
-    one = cst(m_, 1.0)
-    part = cst(m_, 0.0)
-    for j in range(n):
-        m = m_[j]
-        v = v_[j]
-        s = std_of(sp, s_, j, v)
-        if z_ is not None:
-            if e_ is None:
-                e = cst(m_, randn_at(k0, k1, idx0 + np.uint64(j)))
+def _fwd_rows(r0, r1, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
+    # Rows r0 .. r1 - 1. mu, lv: mean, log variance, read as rows of their layouts
+    # (see _layout); sp: exp(lv / 2) through lv's layout, or None; eps: noise or
+    # None (Philox at the row-major index of z); z: [R*D] output or None; kl: [R]
+    # output or None. Blocks of BLOCK elements, each indexed from 0 (see
+    # _math.seg), summed in float32 lanes, then float64; a row of at most BLOCK
+    # elements is one block, read without slicing it again.
+    half = cst(mu, 0.5)
+    one = cst(mu, 1.0)
+    for r in range(r0, r1):
+        start = r * D
+        mr, vr, sr, er = row(mu, mul, r, D), row(lv, lvl, r, D), row(sp, lvl, r, D), row(eps, el, r, D)
+        zr = seg(z, start, start + D)
+        acc = 0.0
+        for lo in range(0, D, BLOCK):
+            hi = min(lo + BLOCK, D)
+            if D > BLOCK:
+                m_, v_, s_, e_, z_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(sr, lo, hi), seg(er, lo, hi), seg(zr, lo, hi)
             else:
-                e = e_[j]
-            z_[j] = m + s * e
+                m_, v_, s_, e_, z_ = mr, vr, sr, er, zr
+            idx0 = np.uint64(start + lo)  # Philox index of the block's first element (see _bwd_rows)
+            part = cst(mu, 0.0)
+            for j in range(hi - lo):
+                m = m_[j]
+                v = v_[j]
+                s = std_of(sp, s_, j, v)
+                if z is not None:
+                    z_[j] = m + s * cst(mu, noise_at(eps, e_, j, k0, k1, idx0 + np.uint64(j)))
+                if kl is not None:
+                    part += s * s + m * m - one - v
+            acc += np.float64(part * half)
         if kl is not None:
-            part += s * s + m * m - one - v
-    return part * half
-
-
-@njit(**JIT_OPTIONS)
-def _fwd_row(r, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
-    # mu, lv: mean, log variance, read as rows of their layouts (see _layout); sp:
-    # exp(lv / 2) through lv's layout, or None; eps: noise or None (Philox at the
-    # row-major index of z); z: [R*D] output or None; kl: [R] output or None.
-    # Blocks of BLOCK elements, each indexed from 0 (see _math.seg), summed in
-    # float32 lanes, then float64; a row of at most BLOCK elements is one block.
-    start = r * D
-    mr, vr, sr, er = row(mu, mul, r, D), row(lv, lvl, r, D), row(sp, lvl, r, D), row(eps, el, r, D)
-    zr = seg(z, start, start + D)
-    if D <= BLOCK:
-        part = _fwd_elems(D, mr, vr, sr, sp, er, k0, k1, np.uint64(start), zr, kl)
-        if kl is not None:
-            kl[r] = cst(kl, np.float64(part))
-        return
-    acc = 0.0
-    for lo in range(0, D, BLOCK):
-        hi = min(lo + BLOCK, D)
-        m_, v_, s_, e_, z_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(sr, lo, hi), seg(er, lo, hi), seg(zr, lo, hi)
-        idx0 = np.uint64(start + lo)  # Philox index of the block's first element (see _bwd_row)
-        acc += np.float64(_fwd_elems(hi - lo, m_, v_, s_, sp, e_, k0, k1, idx0, z_, kl))
-    if kl is not None:
-        kl[r] = cst(kl, acc)
+            kl[r] = cst(kl, acc)
 
 
 @njit(**JIT_OPTIONS)
 def _fwd_serial(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
-    for r in range(R):
-        _fwd_row(r, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
+    _fwd_rows(0, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _fwd_parallel(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
-    for r in prange(R):
-        _fwd_row(r, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
+    n = tasks(R, D)
+    for t in prange(n):
+        lo, hi = task(t, n, R)
+        _fwd_rows(lo, hi, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
 
 
 def per_row(g, i):  # pragma: no cover - replaced by the overload inside numba
@@ -142,7 +145,8 @@ def _per_row_impl(g, i):
 
 @njit(**JIT_OPTIONS)  # a call, not IR inlining: numba prunes the None branches only in a compiled signature
 def _bwd_elems(n, dz_, dkl, g, m_, v_, s_, sp, e_, k0, k1, idx0, dm_, dl_, de_):
-    # The backward of n elements: dz_, m_, v_, e_ (None: Philox at idx0 + i) inputs,
+    # The backward of n elements (the short-row chunks; _bwd_rows has the same
+    # loop per row): dz_, m_, v_, e_ (None: Philox at idx0 + i) inputs,
     # s_ exp(v / 2) precomputed or None (sp None: evaluated here); dm_, dl_, de_
     # outputs (None: not wanted); g is the KL's upstream gradient, a scalar (one
     # row) or an n-array (a chunk of rows), used when dkl is not None.
@@ -174,32 +178,59 @@ def _bwd_elems(n, dz_, dkl, g, m_, v_, s_, sp, e_, k0, k1, idx0, dm_, dl_, de_):
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
-    # dz: upstream gradient of z or None; dkl: [R] or None; mu, lv, eps (None:
-    # Philox) and dz are read as rows of their layouts (see _layout); dmu, dlv,
-    # deps: [R*D] outputs, each None when not wanted.
-    g = cst(mu, 0.0)
-    if dkl is not None:
-        g = dkl[r]
-    b0 = r * D
-    b1 = b0 + D
-    m_, v_, e_, dz_ = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D), row(dz, dzl, r, D)
-    s_ = row(sp, lvl, r, D)
-    dm_, dl_, de_ = seg(dmu, b0, b1), seg(dlv, b0, b1), seg(deps, b0, b1)
-    idx0 = np.uint64(b0)  # Philox index of the row's first element (a uint64 base vectorizes; int64 + j did not)
-    _bwd_elems(D, dz_, dkl, g, m_, v_, s_, sp, e_, k0, k1, idx0, dm_, dl_, de_)
+def _bwd_rows(r0, r1, slot, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
+    # Rows r0 .. r1 - 1: the loop of _bwd_elems with one KL gradient per row,
+    # written out here so that it is not a call per row (see _layout.TASK_ELEMENTS)
+    # and its None branches test this function's own arguments (which numba
+    # prunes). dz: upstream gradient of z or None; dkl: [R] or None; mu, lv, eps
+    # (None: Philox) and dz are read as rows of their layouts (see _layout); sp:
+    # exp(lv / 2) or None; dmu, dlv, deps: None when not wanted, [R*D] outputs, or
+    # [REDUCE_TASKS, n] accumulators of a broadcast input (_layout.out_row, put;
+    # `slot` is this task's row of them).
+    half = cst(mu, 0.5)
+    one = cst(mu, 1.0)
+    for r in range(r0, r1):
+        g = cst(mu, 0.0)
+        if dkl is not None:
+            g = dkl[r]
+        b0 = r * D
+        m_, v_, e_, dz_ = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D), row(dz, dzl, r, D)
+        s_ = row(sp, lvl, r, D)
+        dm_, dl_ = out_row(dmu, slot, mul, r, D), out_row(dlv, slot, lvl, r, D)
+        de_ = out_row(deps, slot, el, r, D)
+        idx0 = np.uint64(b0)  # Philox index of the row's first element (a uint64 base vectorizes; int64 + j did not)
+        for i in range(D):
+            s = std_of(sp, s_, i, v_[i])
+            gm = cst(mu, 0.0)
+            gl = cst(mu, 0.0)
+            if dz is not None:
+                gz = dz_[i]
+                if dlv is not None:
+                    gl = half * gz * s * cst(mu, noise_at(eps, e_, i, k0, k1, idx0 + np.uint64(i)))
+                if deps is not None:
+                    put(deps, de_, i, gz * s)
+                gm = gz
+            if dkl is not None:
+                gm = gm + g * m_[i]
+                gl = gl + half * g * (s * s - one)
+            if dmu is not None:
+                put(dmu, dm_, i, gm)
+            if dlv is not None:
+                put(dlv, dl_, i, gl)
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
-    for r in range(R):
-        _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
+def _bwd_serial(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
+    for t in range(nt):
+        lo, hi = task(t, nt, R)
+        _bwd_rows(lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _bwd_parallel(R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
-    for r in prange(R):
-        _bwd_row(r, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
+def _bwd_parallel(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
+    for t in prange(nt):
+        lo, hi = task(t, nt, R)
+        _bwd_rows(lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
 
 
 @njit(**JIT_OPTIONS)
@@ -252,7 +283,7 @@ def _fwd_chunked_parallel(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
 
 @njit(**JIT_OPTIONS)
 def _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
-    # Short rows: as _bwd_row over CHUNK_ROWS rows at once, dkl spread over each row first.
+    # Short rows: as _bwd_rows over CHUNK_ROWS rows at once, dkl spread over each row first.
     r0 = c * CHUNK_ROWS
     nr = min(CHUNK_ROWS, R - r0)
     n = nr * D
@@ -339,7 +370,9 @@ def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, 
     return z, kl
 
 
-def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=None, prepared=None, shape=None):
+def backward(
+    dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=None, prepared=None, shape=None, reduce=False
+):  # fmt: skip
     """Run the fused backward kernel; returns ``(dmu, dlogvar, deps)`` (None where not needed).
 
     Args:
@@ -352,21 +385,29 @@ def backward(dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, *, out=
         prepared: :func:`prepare` of ``(mu, logvar, eps)``, when the caller has it.
         shape: the broadcast shape when the inputs are not expanded to it (with ``prepared``);
             the gradients are of this shape.
+        reduce: the gradient of an input broadcast over many rows may come back
+            summed to that input's shape (:func:`._common.grad_outputs`; rows of at
+            least SHORT_ROW, never with ``out``).
     """
     shape = mu.shape if shape is None else shape
     need_eps = need_eps and dz is not None
-    (dmu, dlv, deps), arrays = outputs(shape, mu.dtype, (need_mu, need_lv, need_eps), out)
+    wanted = (need_mu, need_lv, need_eps)
     n = math.prod(shape)
-    if n == 0 or (dmu is None and dlv is None and deps is None):
-        return dmu, dlv, deps
+    if n == 0 or not any(wanted):
+        return outputs(shape, mu.dtype, wanted, out)[0]
     R, D, args = prepared if prepared is not None else prepare(mu, logvar, eps, shape)
     k0, k1 = keys(seed if eps is None else None)
     if D < SHORT_ROW:
+        grads, arrays = outputs(shape, mu.dtype, wanted, out)
         kernel = _bwd_chunked_parallel if use_parallel(n) else _bwd_chunked_serial
-    else:
-        kernel = _bwd_parallel if use_parallel(n) else _bwd_serial
-    kernel(R, D, *strided(dz, R, D), flat(dkl), *args, k0, k1, *arrays)
-    return dmu, dlv, deps
+        kernel(R, D, *strided(dz, R, D), flat(dkl), *args, k0, k1, *arrays)
+        return grads
+    inputs = (mu, logvar, eps)
+    grads, arrays, kernel, nt = rows_backward(
+        _bwd_parallel, _bwd_serial, shape, mu.dtype, wanted, out, reduce, inputs, (args[0], args[2], args[5]), R, D
+    )  # fmt: skip
+    kernel(nt, R, D, *strided(dz, R, D), flat(dkl), *args, k0, k1, *arrays)
+    return finish_grads(grads, inputs)
 
 
 # --------------------------------------------------------------------------- autograd
@@ -473,6 +514,16 @@ class KLStd(torch.autograd.Function):
         return fold_vmap(KLStd, info, in_dims, args)
 
 
+def _sums_dmu(prepared, mu, shape) -> bool:
+    """Whether the backward kernel sums a broadcast mu's gradient (:func:`._common.summable`).
+
+    Then an rsample-only backward asks the kernel for dmu (dz summed over the
+    broadcast, in the same pass as dlogvar) instead of returning dz for torch to sum.
+    """
+    R, D, args = prepared
+    return D >= SHORT_ROW and summable(mu, args[0], R * D)
+
+
 class _PlainRsampleKL(torch.autograd.Function):
     """The op for a plain ``backward()`` (no ``torch.func`` transform active): legacy-style, lean.
 
@@ -507,14 +558,14 @@ class _PlainRsampleKL(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             m, v, e = expand_to(shape, mu, logvar, eps)
             dmu, dlv, deps = apply(GaussianBackward, dz, dkl, m, v, e, seed, need_mu, need_lv, need_eps)
-        elif dkl is None and need_mu:  # rsample only: dmu = dz exactly
+        elif dkl is None and need_mu and not _sums_dmu(prepared, mu, shape):  # rsample only: dmu = dz exactly
             _, dlv, deps = backward(
-                dz, None, mu, logvar, eps, seed, False, need_lv, need_eps, prepared=prepared, shape=shape
+                dz, None, mu, logvar, eps, seed, False, need_lv, need_eps, prepared=prepared, shape=shape, reduce=True
             )  # fmt: skip
             dmu = dz
-        else:
+        else:  # a broadcast mu's dmu (dz summed) is summed in the kernel's pass over dz (see _sums_dmu)
             dmu, dlv, deps = backward(
-                dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, prepared=prepared, shape=shape
+                dz, dkl, mu, logvar, eps, seed, need_mu, need_lv, need_eps, prepared=prepared, shape=shape, reduce=True
             )  # fmt: skip
         dmu, dlv = reduce_to(dmu, mu.shape), reduce_to(dlv, logvar.shape)
         deps = None if eps is None else reduce_to(deps, eps.shape)

@@ -33,6 +33,7 @@ from ._common import (
     apply_backward,
     exp_of_broadcast,
     expand_to,
+    finish_grads,
     flat,
     fold_vmap,
     output,
@@ -44,7 +45,7 @@ from ._common import (
     use_parallel,
 )
 from ._flags import BLOCK, FUSED_GRAD_MAX_ELEMENTS, JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_BERNOULLI
-from ._layout import CHUNK_ROWS, SHORT_ROW, row, rows_flat, scratch, strided
+from ._layout import CHUNK_ROWS, SHORT_ROW, out_row, put, row, rows_backward, rows_flat, scratch, strided, task, tasks
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -65,78 +66,79 @@ def _inv_var_impl(w, w_, j, v):
 
 
 @njit(**JIT_OPTIONS)
-def _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, w, out):
-    # x, mu, lv: read as rows of their layouts (see _layout); w: exp(-lv) through
-    # lv's layout, or None (evaluated here); out: [R] log density per row. Blocks
-    # indexed from 0 (_math.seg); a row of at most BLOCK elements is one block.
+def _normal_fwd_rows(r0, r1, D, x, xl, mu, mul, lv, lvl, w, out):
+    # Rows r0 .. r1 - 1. x, mu, lv: read as rows of their layouts (see _layout); w:
+    # exp(-lv) through lv's layout, or None (evaluated here); out: [R] log density
+    # per row. Blocks indexed from 0 (_math.seg); a row of at most BLOCK elements
+    # is one block, read without slicing it again.
     c = cst(x, LOG_2PI)
-    xr, mr, vr, wr = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D), row(w, lvl, r, D)
-    if D <= BLOCK:
-        part = cst(x, 0.0)
-        for j in range(D):
-            v = vr[j]
-            d = xr[j] - mr[j]
-            part += c + v + d * d * inv_var(w, wr, j, v)
-        out[r] = cst(out, -0.5 * np.float64(part))
-        return
-    acc = 0.0
-    for lo in range(0, D, BLOCK):
-        hi = min(lo + BLOCK, D)
-        x_, m_, v_, w_ = seg(xr, lo, hi), seg(mr, lo, hi), seg(vr, lo, hi), seg(wr, lo, hi)
-        part = cst(x, 0.0)
-        for j in range(hi - lo):
-            v = v_[j]
-            d = x_[j] - m_[j]
-            part += c + v + d * d * inv_var(w, w_, j, v)
-        acc += np.float64(part)
-    out[r] = cst(out, -0.5 * acc)
+    for r in range(r0, r1):
+        xr, mr, vr, wr = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D), row(w, lvl, r, D)
+        acc = 0.0
+        for lo in range(0, D, BLOCK):
+            hi = min(lo + BLOCK, D)
+            if D > BLOCK:
+                x_, m_, v_, w_ = seg(xr, lo, hi), seg(mr, lo, hi), seg(vr, lo, hi), seg(wr, lo, hi)
+            else:
+                x_, m_, v_, w_ = xr, mr, vr, wr
+            part = cst(x, 0.0)
+            for j in range(hi - lo):
+                v = v_[j]
+                d = x_[j] - m_[j]
+                part += c + v + d * d * inv_var(w, w_, j, v)
+            acc += np.float64(part)
+        out[r] = cst(out, -0.5 * acc)
 
 
 @njit(**JIT_OPTIONS)
 def _normal_fwd_serial(R, D, x, xl, mu, mul, lv, lvl, w, out):
-    for r in range(R):
-        _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, w, out)
+    _normal_fwd_rows(0, R, D, x, xl, mu, mul, lv, lvl, w, out)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _normal_fwd_parallel(R, D, x, xl, mu, mul, lv, lvl, w, out):
-    for r in prange(R):
-        _normal_fwd_row(r, D, x, xl, mu, mul, lv, lvl, w, out)
+    n = tasks(R, D)
+    for t in prange(n):
+        lo, hi = task(t, n, R)
+        _normal_fwd_rows(lo, hi, D, x, xl, mu, mul, lv, lvl, w, out)
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
-    # g: [R] upstream; x, mu, lv: rows of their layouts (_layout); w: exp(-lv) or
-    # None (as in the forward); dx, dmu, dlv: [R*D] outputs or None
-    gr = g[r]
+def _normal_bwd_rows(r0, r1, slot, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
+    # Rows r0 .. r1 - 1 of task `slot`. g: [R] upstream; x, mu, lv: rows of their
+    # layouts (_layout); w: exp(-lv) or None (as in the forward); dx, dmu, dlv:
+    # None, [R*D] outputs, or [REDUCE_TASKS, n] accumulators of a broadcast input
+    # (_layout.out_row, put).
     half = cst(x, 0.5)
     one = cst(x, 1.0)
-    b0 = r * D
-    b1 = b0 + D
-    x_, m_, v_, w_ = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D), row(w, lvl, r, D)
-    dx_, dm_, dl_ = seg(dx, b0, b1), seg(dmu, b0, b1), seg(dlv, b0, b1)
-    for j in range(D):
-        d = x_[j] - m_[j]
-        q = d * inv_var(w, w_, j, v_[j])
-        gq = gr * q
-        if dx is not None:
-            dx_[j] = -gq
-        if dmu is not None:
-            dm_[j] = gq
-        if dlv is not None:
-            dl_[j] = -half * gr * (one - d * q)
+    for r in range(r0, r1):
+        gr = g[r]
+        x_, m_, v_, w_ = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D), row(w, lvl, r, D)
+        dx_, dm_, dl_ = out_row(dx, slot, xl, r, D), out_row(dmu, slot, mul, r, D), out_row(dlv, slot, lvl, r, D)
+        for j in range(D):
+            d = x_[j] - m_[j]
+            q = d * inv_var(w, w_, j, v_[j])
+            gq = gr * q
+            if dx is not None:
+                put(dx, dx_, j, -gq)
+            if dmu is not None:
+                put(dmu, dm_, j, gq)
+            if dlv is not None:
+                put(dlv, dl_, j, -half * gr * (one - d * q))
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_serial(R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
-    for r in range(R):
-        _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
+def _normal_bwd_serial(nt, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
+    for t in range(nt):
+        lo, hi = task(t, nt, R)
+        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _normal_bwd_parallel(R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
-    for r in prange(R):
-        _normal_bwd_row(r, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
+def _normal_bwd_parallel(nt, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
+    for t in prange(nt):
+        lo, hi = task(t, nt, R)
+        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
 
 
 @njit(**JIT_OPTIONS)
@@ -223,64 +225,69 @@ def _normal_bwd_chunked_parallel(R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, d
 
 
 @njit(**JIT_OPTIONS)
-def _bern_fwd_row(r, D, x, xl, logits, ll, out, dl):
-    # x, logits: rows of their layouts (_layout); out: [R]; dl: [R*D] or None, the
-    # unit-upstream gradient x - sigmoid(l) written in the same pass (its exp(-|l|)
-    # shared with the softplus). Blocks indexed from 0 (_math.seg).
-    xr, lr = row(x, xl, r, D), row(logits, ll, r, D)
-    dr = seg(dl, r * D, (r + 1) * D)
-    acc = 0.0
-    for lo in range(0, D, BLOCK):
-        hi = min(lo + BLOCK, D)
-        x_, l_, d_ = seg(xr, lo, hi), seg(lr, lo, hi), seg(dr, lo, hi)
-        part = cst(x, 0.0)
-        for j in range(hi - lo):
-            lj = l_[j]
-            xj = x_[j]
-            part += xj * lj - fsoftplus(lj)
-            if dl is not None:
-                d_[j] = xj - fsigmoid(lj)
-        acc += np.float64(part)
-    out[r] = cst(out, acc)
+def _bern_fwd_rows(r0, r1, D, x, xl, logits, ll, out, dl):
+    # Rows r0 .. r1 - 1. x, logits: rows of their layouts (_layout); out: [R]; dl:
+    # [R*D] or None, the unit-upstream gradient x - sigmoid(l) written in the same
+    # pass (its exp(-|l|) shared with the softplus). Blocks indexed from 0 (_math.seg).
+    for r in range(r0, r1):
+        xr, lr = row(x, xl, r, D), row(logits, ll, r, D)
+        dr = seg(dl, r * D, (r + 1) * D)
+        acc = 0.0
+        for lo in range(0, D, BLOCK):
+            hi = min(lo + BLOCK, D)
+            x_, l_, d_ = seg(xr, lo, hi), seg(lr, lo, hi), seg(dr, lo, hi)
+            part = cst(x, 0.0)
+            for j in range(hi - lo):
+                lj = l_[j]
+                xj = x_[j]
+                part += xj * lj - fsoftplus(lj)
+                if dl is not None:
+                    d_[j] = xj - fsigmoid(lj)
+            acc += np.float64(part)
+        out[r] = cst(out, acc)
 
 
 @njit(**JIT_OPTIONS)
 def _bern_fwd_serial(R, D, x, xl, logits, ll, out, dl):
-    for r in range(R):
-        _bern_fwd_row(r, D, x, xl, logits, ll, out, dl)
+    _bern_fwd_rows(0, R, D, x, xl, logits, ll, out, dl)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _bern_fwd_parallel(R, D, x, xl, logits, ll, out, dl):
-    for r in prange(R):
-        _bern_fwd_row(r, D, x, xl, logits, ll, out, dl)
+    n = tasks(R, D)
+    for t in prange(n):
+        lo, hi = task(t, n, R)
+        _bern_fwd_rows(lo, hi, D, x, xl, logits, ll, out, dl)
 
 
 @njit(**JIT_OPTIONS)
-def _bern_bwd_row(r, D, g, x, xl, logits, ll, dx, dl):
-    # g: [R]; x, logits: rows of their layouts (_layout); dx, dl: [R*D] outputs or None
-    gr = g[r]
-    b0 = r * D
-    b1 = b0 + D
-    x_, l_, dx_, dl_ = row(x, xl, r, D), row(logits, ll, r, D), seg(dx, b0, b1), seg(dl, b0, b1)
-    for j in range(D):
-        lj = l_[j]
-        if dx is not None:
-            dx_[j] = gr * lj
-        if dl is not None:
-            dl_[j] = gr * (x_[j] - fsigmoid(lj))
+def _bern_bwd_rows(r0, r1, D, g, x, xl, logits, ll, dx, dl):
+    # Rows r0 .. r1 - 1. g: [R]; x, logits: rows of their layouts (_layout); dx,
+    # dl: [R*D] outputs or None
+    for r in range(r0, r1):
+        gr = g[r]
+        b0 = r * D
+        b1 = b0 + D
+        x_, l_, dx_, dl_ = row(x, xl, r, D), row(logits, ll, r, D), seg(dx, b0, b1), seg(dl, b0, b1)
+        for j in range(D):
+            lj = l_[j]
+            if dx is not None:
+                dx_[j] = gr * lj
+            if dl is not None:
+                dl_[j] = gr * (x_[j] - fsigmoid(lj))
 
 
 @njit(**JIT_OPTIONS)
 def _bern_bwd_serial(R, D, g, x, xl, logits, ll, dx, dl):
-    for r in range(R):
-        _bern_bwd_row(r, D, g, x, xl, logits, ll, dx, dl)
+    _bern_bwd_rows(0, R, D, g, x, xl, logits, ll, dx, dl)
 
 
 @njit(parallel=True, **JIT_OPTIONS)
 def _bern_bwd_parallel(R, D, g, x, xl, logits, ll, dx, dl):
-    for r in prange(R):
-        _bern_bwd_row(r, D, g, x, xl, logits, ll, dx, dl)
+    n = tasks(R, D)
+    for t in prange(n):
+        lo, hi = task(t, n, R)
+        _bern_bwd_rows(lo, hi, D, g, x, xl, logits, ll, dx, dl)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -320,20 +327,32 @@ def normal_forward(x, mu, logvar, *, out=None, prepared=None, shape=None):
     return res
 
 
-def normal_backward(g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None, prepared=None, shape=None):
-    """``(dx, dmu, dlogvar)`` of the Gaussian log density (None where not needed), of the broadcast shape."""
+def normal_backward(
+    g, x, mu, logvar, need_x, need_mu, need_lv, *, out=None, prepared=None, shape=None, reduce=False
+):  # fmt: skip
+    """``(dx, dmu, dlogvar)`` of the Gaussian log density (None where not needed), of the broadcast shape.
+
+    ``reduce``: the gradient of an input broadcast over many rows may come back
+    summed to that input's shape (:func:`._common.grad_outputs`; rows of at least
+    SHORT_ROW, never with ``out``).
+    """
     shape = x.shape if shape is None else shape
-    grads, arrays = outputs(shape, x.dtype, (need_x, need_mu, need_lv), out)
     n = math.prod(shape)
-    if n == 0 or all(t is None for t in grads):
-        return tuple(grads)
+    wanted = (need_x, need_mu, need_lv)
+    if n == 0 or not any(wanted):
+        return outputs(shape, x.dtype, wanted, out)[0]
     R, D, args = prepared if prepared is not None else normal_prepare(x, mu, logvar, shape)
     if D < SHORT_ROW:
+        grads, arrays = outputs(shape, x.dtype, wanted, out)
         kernel = _normal_bwd_chunked_parallel if use_parallel(n) else _normal_bwd_chunked_serial
-    else:
-        kernel = _normal_bwd_parallel if use_parallel(n) else _normal_bwd_serial
-    kernel(R, D, flat(g), *args, *arrays)
-    return tuple(grads)
+        kernel(R, D, flat(g), *args, *arrays)
+        return tuple(grads)
+    inputs = (x, mu, logvar)
+    grads, arrays, kernel, nt = rows_backward(
+        _normal_bwd_parallel, _normal_bwd_serial, shape, x.dtype, wanted, out, reduce, inputs, args[0:6:2], R, D
+    )  # fmt: skip
+    kernel(nt, R, D, flat(g), *args, *arrays)
+    return finish_grads(grads, inputs)
 
 
 def bernoulli_forward(x, logits, *, out=None, with_grad=False, shape=None):
@@ -481,7 +500,7 @@ class _PlainNormalLogProb(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             grads = apply(NormalLogProbBackward, g, *expand_to(shape, x, mu, logvar), *needs)
         else:
-            grads = normal_backward(g, x, mu, logvar, *needs, prepared=prepared, shape=shape)
+            grads = normal_backward(g, x, mu, logvar, *needs, prepared=prepared, shape=shape, reduce=True)
         return (*(reduce_to(d, t.shape) for d, t in zip(grads, (x, mu, logvar), strict=True)), None)
 
 
