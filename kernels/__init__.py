@@ -411,6 +411,22 @@ def bernoulli_log_prob(x: torch.Tensor, logits: torch.Tensor, *, backend: str | 
     return mod.bernoulli_log_prob(_expand(x, shape), _expand(logits, shape))
 
 
+def _noise_args(
+    op: str, shape, dtype: torch.dtype, seed: int | None, need_dim: bool = False
+) -> tuple[tuple[int, ...], int]:
+    """``(shape as a tuple of ints, seed)`` of a noise op, or a clear error naming the argument."""
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: shape must be a sequence of ints, got {shape!r}") from None
+    if (need_dim and not shape) or any(s < 0 for s in shape):
+        dims = "at least one dim and " if need_dim else ""
+        raise ValueError(f"{op}: shape must have {dims}non-negative sizes, got {shape}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {dtype}")
+    return shape, draw_seed() if seed is None else check_seed(seed)
+
+
 def normal_noise(
     shape: Sequence[int] | int,
     *,
@@ -429,15 +445,7 @@ def normal_noise(
     """
     if isinstance(shape, int):
         shape = (shape,)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"normal_noise: shape must be a sequence of ints, got {shape!r}") from None
-    if any(s < 0 for s in shape):
-        raise ValueError(f"normal_noise: shape must have non-negative sizes, got {shape}")
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"normal_noise: dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {dtype}")
-    seed = draw_seed() if seed is None else check_seed(seed)
+    shape, seed = _noise_args("normal_noise", shape, dtype, seed)
     device = torch.device(device)
     mod = registry.load(resolve_backend(backend, device, dtype))
     return mod.normal_noise(shape, seed, device, dtype)
@@ -468,15 +476,7 @@ def normal_noise_blocks(
     for name, v in (("blocks", blocks), ("first", first)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"normal_noise_blocks: {name} must be an int >= 0, got {v!r}")
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"normal_noise_blocks: shape must be a sequence of ints, got {shape!r}") from None
-    if not shape or any(s < 0 for s in shape):
-        raise ValueError(f"normal_noise_blocks: shape must have at least one dim and non-negative sizes, got {shape}")
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"normal_noise_blocks: dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {dtype}")
-    seed = draw_seed() if seed is None else check_seed(seed)
+    shape, seed = _noise_args("normal_noise_blocks", shape, dtype, seed, need_dim=True)
     device = torch.device(device)
     if device.type == "cpu" and philox._HAVE_NUMBA:
         return philox.normal_noise_blocks_numba(blocks, shape, seed, first, dtype)

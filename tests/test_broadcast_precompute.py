@@ -23,7 +23,7 @@ import torch
 
 import kernels
 from kernels import registry
-from kernels.testing import tolerance
+from kernels.testing import assert_close_to_reference
 
 numba_missing = registry.unavailable_reason("numba", "cpu")
 needs_numba = pytest.mark.skipif(numba_missing is not None, reason=f"numba backend not available: {numba_missing}")
@@ -67,14 +67,14 @@ def _params(zshape, mshape, vshape, dtype, seed=0):
 
 
 def _check(got, want, full_numel, dtype):
-    """Each tensor against the reference, atol scaled by the terms summed into one of its elements.
+    """Each tensor against the reference, its tolerance scaled by the terms summed into one of its elements.
 
     A value of the broadcast shape sums D terms (log-prob) or none; a gradient of
     an input broadcast over ``full_numel / numel`` positions sums that many.
     """
-    for a, b in zip(got, want, strict=True):
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
         terms = max(1, full_numel // max(b.numel(), 1))
-        torch.testing.assert_close(a, b, **tolerance(dtype, terms=terms))
+        assert_close_to_reference(a, b, dtype=dtype, terms=terms, msg=f"output {i}")
 
 
 def _grads(out, inputs, seed=1):

@@ -131,25 +131,13 @@ def _fwd_parallel(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
         _fwd_rows(lo, hi, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
 
 
-def per_row(g, i):  # pragma: no cover - replaced by the overload inside numba
-    """``g[i]`` for a per-element array, ``g`` itself for a scalar (one row's value)."""
-    return g if np.ndim(g) == 0 else g[i]
-
-
-@overload(per_row, inline="always")
-def _per_row_impl(g, i):
-    if isinstance(g, types.Array):
-        return lambda g, i: g[i]
-    return lambda g, i: g
-
-
 @njit(**JIT_OPTIONS)  # a call, not IR inlining: numba prunes the None branches only in a compiled signature
 def _bwd_elems(n, dz_, dkl, g, m_, v_, s_, sp, e_, k0, k1, idx0, dm_, dl_, de_):
     # The backward of n elements (the short-row chunks; _bwd_rows has the same
     # loop per row): dz_, m_, v_, e_ (None: Philox at idx0 + i) inputs,
     # s_ exp(v / 2) precomputed or None (sp None: evaluated here); dm_, dl_, de_
-    # outputs (None: not wanted); g is the KL's upstream gradient, a scalar (one
-    # row) or an n-array (a chunk of rows), used when dkl is not None.
+    # outputs (None: not wanted); g is the KL's upstream gradient spread over the
+    # chunk's elements (n values), used when dkl is not None.
     half = cst(m_, 0.5)
     one = cst(m_, 1.0)
     for i in range(n):
@@ -168,7 +156,7 @@ def _bwd_elems(n, dz_, dkl, g, m_, v_, s_, sp, e_, k0, k1, idx0, dm_, dl_, de_):
                 de_[i] = gz * s
             gm = gz
         if dkl is not None:
-            gi = per_row(g, i)
+            gi = g[i]
             gm = gm + gi * m_[i]
             gl = gl + half * gi * (s * s - one)
         if dm_ is not None:
