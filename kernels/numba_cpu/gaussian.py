@@ -52,7 +52,22 @@ from ._common import (
     use_parallel,
 )
 from ._flags import BLOCK, JIT_OPTIONS
-from ._layout import CHUNK_ROWS, SHORT_ROW, out_row, put, row, rows_backward, rows_flat, scratch, strided, task, tasks
+from ._layout import (
+    CHUNK_ROWS,
+    SHORT_ROW,
+    chunk_tiled,
+    out_row,
+    put,
+    row,
+    rows_backward,
+    rows_flat,
+    scratch,
+    spread_rows,
+    strided,
+    sum_rows,
+    task,
+    tasks,
+)
 from ._math import cst, fexp, seg
 
 # --------------------------------------------------------------------------- kernels
@@ -250,11 +265,7 @@ def _fwd_chunk(c, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
         if kl is not None:
             t[i] = s * s + m * m - one - v
     if kl is not None:
-        for k in range(nr):
-            acc = cst(t, 0.0)  # fewer than SHORT_ROW terms: summed in the input dtype (see the row kernel)
-            for j in range(k * D, (k + 1) * D):
-                acc += t[j]
-            kl[r0 + k] = cst(kl, 0.5 * acc)
+        sum_rows(t, nr, D, 0.5, kl, r0)  # fewer than SHORT_ROW terms a row: in the input dtype (see the row kernel)
 
 
 @njit(**JIT_OPTIONS)
@@ -283,10 +294,7 @@ def _bwd_chunk(c, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu
     dzs = rows_flat(dz, dzl, r0, nr, D, scratch(dz, n))
     gs = scratch(dkl, n)
     if dkl is not None:
-        for k in range(nr):
-            gk = dkl[r0 + k]
-            for j in range(k * D, (k + 1) * D):
-                gs[j] = gk
+        spread_rows(dkl, r0, nr, D, gs)
     dm_, dl_, de_ = seg(dmu, o, o + n), seg(dlv, o, o + n), seg(deps, o, o + n)
     _bwd_elems(n, dzs, dkl, gs, ms, vs, ss, sp, es, k0, k1, np.uint64(o), dm_, dl_, de_)
 
@@ -316,7 +324,12 @@ def prepare(mu, logvar, eps, shape=None):
     R, D = rows(shape)
     lv, lvl = strided(logvar, R, D, shape)
     sp = exp_of_broadcast(lv, R * D, 0.5)  # exp(logvar / 2) once, for a broadcast logvar
-    return R, D, (*strided(mu, R, D, shape), lv, lvl, sp, *strided(eps, R, D, shape))
+    lvl, lv, sp = chunk_tiled(lvl, R, D, lv, sp)
+    ma, ml = strided(mu, R, D, shape)
+    ml, ma = chunk_tiled(ml, R, D, ma)
+    ea, el = strided(eps, R, D, shape)
+    el, ea = chunk_tiled(el, R, D, ea)
+    return R, D, (ma, ml, lv, lvl, sp, ea, el)
 
 
 def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, prepared=None, shape=None):

@@ -45,7 +45,22 @@ from ._common import (
     use_parallel,
 )
 from ._flags import BLOCK, FUSED_GRAD_MAX_ELEMENTS, JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_BERNOULLI
-from ._layout import CHUNK_ROWS, SHORT_ROW, out_row, put, row, rows_backward, rows_flat, scratch, strided, task, tasks
+from ._layout import (
+    CHUNK_ROWS,
+    SHORT_ROW,
+    chunk_tiled,
+    out_row,
+    put,
+    row,
+    rows_backward,
+    rows_flat,
+    scratch,
+    spread_rows,
+    strided,
+    sum_rows,
+    task,
+    tasks,
+)
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -158,11 +173,9 @@ def _normal_fwd_chunk(c, R, D, x, xl, mu, mul, lv, lvl, w, out):
         v = vs[i]
         d = xs[i] - ms[i]
         t[i] = cc + v + d * d * inv_var(w, ws, i, v)
-    for k in range(nr):
-        acc = cst(t, 0.0)  # fewer than SHORT_ROW terms: summed in the input dtype, as a block of the row kernels
-        for j in range(k * D, (k + 1) * D):
-            acc += t[j]
-        out[r0 + k] = cst(out, -0.5 * acc)
+    sum_rows(
+        t, nr, D, -0.5, out, r0
+    )  # fewer than SHORT_ROW terms a row: in the input dtype, as a block of the row kernels
 
 
 @njit(**JIT_OPTIONS)
@@ -189,11 +202,7 @@ def _normal_bwd_chunk(c, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
     ms = rows_flat(mu, mul, r0, nr, D, scratch(mu, n))
     vs = rows_flat(lv, lvl, r0, nr, D, scratch(lv, n))
     ws = rows_flat(w, lvl, r0, nr, D, scratch(w, n))
-    gs = np.empty(n, x.dtype)
-    for k in range(nr):
-        gk = g[r0 + k]
-        for j in range(k * D, (k + 1) * D):
-            gs[j] = gk
+    gs = spread_rows(g, r0, nr, D, np.empty(n, x.dtype))
     half = cst(x, 0.5)
     one = cst(x, 1.0)
     dx_, dm_, dl_ = seg(dx, o, o + n), seg(dmu, o, o + n), seg(dlv, o, o + n)
@@ -303,7 +312,12 @@ def normal_prepare(x, mu, logvar, shape=None):
     R, D = rows(shape)
     lv, lvl = strided(logvar, R, D, shape)
     w = exp_of_broadcast(lv, R * D, -1.0)  # exp(-logvar) once, for a broadcast logvar
-    return R, D, (*strided(x, R, D, shape), *strided(mu, R, D, shape), lv, lvl, w)
+    lvl, lv, w = chunk_tiled(lvl, R, D, lv, w)
+    xa, xl = strided(x, R, D, shape)
+    xl, xa = chunk_tiled(xl, R, D, xa)
+    ma, ml = strided(mu, R, D, shape)
+    ml, ma = chunk_tiled(ml, R, D, ma)
+    return R, D, (xa, xl, ma, ml, lv, lvl, w)
 
 
 def normal_forward(x, mu, logvar, *, out=None, prepared=None, shape=None):
