@@ -260,6 +260,42 @@ class LinearGaussianVAE(nn.Module):
         mean = _affine(z, self.decoder.weight, self.decoder.bias)  # S x R x B rows of k = 3 latents
         return mean, self.decoder.log_s2.expand(mean.shape)
 
+    def decoder_vjp(
+        self, z: torch.Tensor, cotangents: tuple[torch.Tensor, torch.Tensor], rep_dim: int
+    ) -> dict[str, torch.Tensor]:
+        """Per-replicate vector-Jacobian products of :meth:`decode` in the decoder's parameters, in closed form.
+
+        The optional hook of the model protocol that
+        :func:`estimators.per_sample_grads` calls instead of ``torch.func.vmap``
+        over a ``vjp`` of ``decode``, which recomputes the decoder's forward for the
+        parameters' graph (measured here: 0.47 of the 1.02 s of the numba run of the
+        ``ppca`` variance benchmark at S = 1000; this hook takes 15 ms a chunk against
+        the vmapped vjp's 52 ms).
+        With ``mean = z W^T + b`` and ``logvar = log s2`` everywhere, the products for
+        replicate ``r`` (the slice ``r`` of ``rep_dim``) are sums over its rows:
+        ``dW_r = sum c_mean^T z``, ``db_r = sum c_mean``, ``dlog_s2_r = sum c_logvar``.
+
+        Args:
+            z: ``[..., R, ..., k]`` latents, the R replicates along ``rep_dim``.
+            cotangents: ``(c_mean, c_logvar)``, ``[..., d]`` each, broadcastable to ``decode(z)``'s outputs.
+            rep_dim: the replicate dim of ``z`` (a leading dim).
+
+        Returns:
+            ``{"decoder.weight": [R, d, k], "decoder.bias": [R, d], "decoder.log_s2": [R]}``.
+        """
+        c_mean, c_lv = cotangents
+        lead = z.shape[:-1]
+        R = lead[rep_dim]
+        P, Q = math.prod(lead[:rep_dim]), math.prod(lead[rep_dim + 1 :])
+        # [z, 1] in blocks of Q rows, one block per (outer index, replicate): one batched
+        # product gives dW and (from the column of ones) db, summed over the outer index
+        # after; 2x faster than a bmm plus a separate strided sum for db here.
+        z1 = torch.cat([z, z.new_ones(()).expand(*lead, 1)], -1).reshape(P * R, Q, self.k + 1)
+        cq = c_mean.expand(*lead, self.d).reshape(P * R, Q, self.d)
+        w = torch.bmm(z1.transpose(1, 2), cq).view(P, R, self.k + 1, self.d).sum(0)  # [R, k + 1, d]
+        dls2 = c_lv.expand(*lead, self.d).reshape(P, R, -1).sum(-1).sum(0)
+        return {"decoder.weight": w[:, : self.k].transpose(1, 2), "decoder.bias": w[:, self.k], "decoder.log_s2": dls2}
+
     # closed forms
     def _theta(self):
         dec = self.decoder

@@ -21,7 +21,14 @@ graphs"; the form of pyro's ``trace_elbo``). See :meth:`Estimator.surrogate`.
 * optionally ``model.encoder`` / ``model.decoder`` submodules holding the
   parameters that ``encode`` / ``decode`` use (parameter names then start with
   ``encoder.`` / ``decoder.``); :func:`estimators.per_sample_grads` uses the
-  split to skip work, and without it treats every parameter as both.
+  split to skip work, and without it treats every parameter as both;
+* optionally ``model.decoder_vjp(z, cotangents, rep_dim) -> {name: [R, *shape]}``:
+  per-replicate vector-Jacobian products of ``decode`` in the decoder's
+  parameters, for ``z`` whose dim ``rep_dim`` holds R replicates and cotangents
+  shaped like ``decode(z)``'s outputs (equal to ``torch.func.vmap`` over a
+  ``vjp`` of ``decode`` along ``rep_dim``); :func:`estimators.per_sample_grads`
+  calls it instead of that vmap, which recomputes the decoder's forward
+  (:class:`bench.ppca.LinearGaussianVAE` has one).
 
 The densities are evaluated here, through the public kernel API
 (:func:`kernels.bernoulli_log_prob`, :func:`kernels.normal_log_prob`,

@@ -23,6 +23,10 @@ batch, chunked over R to bound memory:
 3. Parameter gradients per replicate are vector-Jacobian products with those
    cotangents, vectorised over R with ``torch.func.vmap``: the encoder's VJP at x
    (its Jacobian is shared by all replicates), the decoder's at each replicate's z.
+   A model may supply the decoder's in closed form, ``model.decoder_vjp(z,
+   cotangents, rep_dim) -> {name: [R, *param.shape]}`` (the optional hook of the
+   model protocol, :mod:`estimators.base`); the vmapped ``vjp`` recomputes the
+   decoder's forward to build the parameters' graph.
 
 Stateful control variates are frozen meanwhile (:meth:`Estimator.frozen`).
 """
@@ -186,6 +190,8 @@ def per_sample_grads(
     enc_params = {"m." + n: params[n] for n in enc_names}
     dec_params = {"m." + n: params[n] for n in dec_names}
     n_params = sum(p.numel() for p in params.values())
+    hook = getattr(model, "decoder_vjp", None)
+    hook = hook if callable(hook) else None
     with torch.enable_grad(), est.frozen():
         (mu, logvar), enc_vjp = vjp(lambda p: tuple(functional_call(enc_mod, p, (x,))), enc_params)
         check_gaussian(mu, logvar, f"{type(model).__name__}.encode(x)")
@@ -218,9 +224,30 @@ def per_sample_grads(
                     continue
                 cots = tuple(torch.zeros_like(p) if c is None else c for c, p in zip(cots, ps, strict=True))
                 rd = z_in.dim() - mu.dim() - 1  # position of the replicate dim: [..., R, B, Dz]
+                if hook is not None:
+                    for name, g in _hook_vjp(hook, z_in, cots, single, rd, params, rc).items():
+                        out[name][r0:r1] += g
+                    continue
                 for name, g in _decoder_vjp(dec_mod, dec_params, z_in, cots, single, rd).items():
                     out[name[2:]][r0:r1] += g
     return out
+
+
+def _hook_vjp(hook, z_in, cots, single, rd, params, rc) -> dict[str, torch.Tensor]:
+    """The model's own per-replicate decoder VJP (``model.decoder_vjp``), its result checked."""
+    got = hook(z_in, cots[0] if single else cots, rd)
+    if not isinstance(got, dict):
+        raise TypeError(f"model.decoder_vjp must return a dict name -> [R, *param.shape], got {type(got).__name__}")
+    for name, g in got.items():
+        if name not in params:
+            raise KeyError(f"model.decoder_vjp returned {name!r}, not a trainable parameter; known: {sorted(params)}")
+        want = (rc, *params[name].shape)
+        if not isinstance(g, torch.Tensor) or tuple(g.shape) != want:
+            raise ValueError(
+                f"model.decoder_vjp()[{name!r}] must have shape {want} (replicates first), "
+                f"got {getattr(g, 'shape', type(g).__name__)}"
+            )
+    return got
 
 
 def _decoder_vjp(dec_mod, dec_params, z_in, cots, single, rd) -> dict[str, torch.Tensor]:
