@@ -338,10 +338,10 @@ def chunk_tiled(lay, R: int, D: int, *arrays):
     together; None stays None. Other inputs, rows of at least SHORT_ROW and calls
     of fewer than two chunks are returned as they are.
     """
-    inner, so, si = lay[0], lay[1], lay[2]
-    if all(a is None for a in arrays) or D >= SHORT_ROW or R < 2 * CHUNK_ROWS:
+    if D >= SHORT_ROW or R < 2 * CHUNK_ROWS:  # first: the training path's small calls return here at once
         return (lay, *arrays)
-    if so != 0 or not (si == 0 or CHUNK_ROWS % inner == 0):
+    inner, so, si = lay[0], lay[1], lay[2]
+    if so != 0 or not (si == 0 or CHUNK_ROWS % inner == 0) or all(a is None for a in arrays):
         return (lay, *arrays)
     starts = (np.arange(CHUNK_ROWS, dtype=np.int64) % inner) * si  # where row k of a chunk starts in the input
     idx = (starts[:, None] + np.arange(D, dtype=np.int64)).ravel()
