@@ -55,18 +55,23 @@ from ._flags import BLOCK, JIT_OPTIONS
 from ._layout import (
     CHUNK_ROWS,
     SHORT_ROW,
+    WITNESS,
+    address,
     chunk_tiled,
+    new_output,
     out_row,
     put,
     row,
     rows_backward,
     rows_flat,
     scratch,
+    small,
     spread_rows,
     strided,
     sum_rows,
     task,
     tasks,
+    view,
 )
 from ._math import cst, fexp, seg
 
@@ -234,6 +239,24 @@ def _bwd_parallel(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1,
     for t in prange(nt):
         lo, hi = task(t, nt, R)
         _bwd_rows(lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
+
+
+@njit(**JIT_OPTIONS)
+def _fwd_small(w, R, D, pm, nm, mul, pv, nv, lvl, pe, ne, el, k0, k1, pz, pk):
+    # _fwd_serial of a small call (_layout.small): every array given by address and
+    # length (_layout.view; None stays None), w the dtype; no precomputed exp.
+    mu, lv, eps = view(pm, nm, w), view(pv, nv, w), view(pe, ne, w)
+    _fwd_rows(0, R, D, mu, mul, lv, lvl, None, eps, el, k0, k1, view(pz, R * D, w), view(pk, R, w))
+
+
+@njit(**JIT_OPTIONS)
+def _bwd_small(w, R, D, pdz, ndz, dzl, pdk, pm, nm, mul, pv, nv, lvl, pe, ne, el, k0, k1, pdm, pdl, pde):
+    # _bwd_serial (one task, full-size gradients) of a small call, arrays by address as _fwd_small.
+    n = R * D
+    dz, dkl = view(pdz, ndz, w), view(pdk, R, w)
+    mu, lv, eps = view(pm, nm, w), view(pv, nv, w), view(pe, ne, w)
+    dmu, dlv, deps = view(pdm, n, w), view(pdl, n, w), view(pde, n, w)
+    _bwd_rows(0, R, 0, D, dz, dzl, dkl, mu, mul, lv, lvl, None, eps, el, k0, k1, dmu, dlv, deps)
 
 
 @njit(**JIT_OPTIONS)
@@ -539,10 +562,18 @@ class _PlainRsampleKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, mu, logvar, eps, seed, want_z, want_kl, shape):
         # mu, logvar, eps: not expanded to the broadcast `shape` (read in place, see _layout.strided)
-        prepared = prepare(mu, logvar, eps, shape)
-        ctx.state = (prepared, seed, want_z, want_kl, shape)
         ctx.save_for_backward(mu, logvar, eps)  # keeps them alive and version-checked
-        z, kl = forward(mu, logvar, eps, seed, want_z, want_kl, prepared=prepared, shape=shape)
+        R, D = rows(shape)
+        if small(shape, D):
+            call = _small_inputs(mu, logvar, eps, shape, R, D)
+            ctx.state = (None, seed, want_z, want_kl, shape)
+            ctx.small = call
+            z, kl = _small_forward(call, mu.dtype, seed, want_z, want_kl, shape)
+        else:
+            prepared = prepare(mu, logvar, eps, shape)
+            ctx.state = (prepared, seed, want_z, want_kl, shape)
+            ctx.small = None
+            z, kl = forward(mu, logvar, eps, seed, want_z, want_kl, prepared=prepared, shape=shape)
         if not want_z:
             return kl
         if not want_kl:
@@ -559,6 +590,8 @@ class _PlainRsampleKL(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             m, v, e = expand_to(shape, mu, logvar, eps)
             dmu, dlv, deps = apply(GaussianBackward, dz, dkl, m, v, e, seed, need_mu, need_lv, need_eps)
+        elif ctx.small is not None:
+            dmu, dlv, deps = _small_backward(ctx.small, dz, dkl, mu.dtype, seed, need_mu, need_lv, need_eps, shape)
         elif dkl is None and need_mu and not _sums_dmu(prepared, mu, shape):  # rsample only: dmu = dz exactly
             _, dlv, deps = backward(
                 dz, None, mu, logvar, eps, seed, False, need_lv, need_eps, prepared=prepared, shape=shape, reduce=True
@@ -573,7 +606,58 @@ class _PlainRsampleKL(torch.autograd.Function):
         return dmu, dlv, deps, None, None, None, None
 
 
+def _small_inputs(mu, logvar, eps, shape, R, D):
+    """``(R, D, kernel input addresses, copies to keep)`` of a small call (:func:`._layout.small`)."""
+    keep: list = []
+    args = (*address(mu, R, D, shape, keep), *address(logvar, R, D, shape, keep), *address(eps, R, D, shape, keep))
+    return R, D, args, keep
+
+
+def _small_forward(call, dtype, seed, want_z, want_kl, shape):
+    """``(z or None, kl or None)`` of a small call: :func:`forward` with addresses for arrays."""
+    R, D, args, _ = call
+    z, pz = new_output(shape, dtype, want_z)
+    kl, pk = new_output(shape[:-1], dtype, want_kl)
+    k0, k1 = keys(seed if args[6] is None else None)  # args[6]: eps's address
+    _fwd_small(WITNESS[dtype], R, D, *args, k0, k1, pz, pk)
+    return z, kl
+
+
+def _small_backward(call, dz, dkl, dtype, seed, need_mu, need_lv, need_eps, shape):
+    """``(dmu, dlogvar, deps)`` of a small call, of the broadcast ``shape`` (None where not needed).
+
+    As :func:`backward`; an rsample-only backward (``dkl`` None) returns ``dz`` itself as dmu.
+    """
+    R, D, args, _ = call
+    dmu_is_dz = dkl is None and need_mu
+    need_mu = need_mu and not dmu_is_dz
+    need_eps = need_eps and dz is not None
+    dmu = dz if dmu_is_dz else None
+    if not (need_mu or need_lv or need_eps):
+        return dmu, None, None
+    keep: list = []
+    pdz, ndz, dzl = address(dz, R, D, None, keep)
+    if dkl is not None and not dkl.is_contiguous():
+        dkl = dkl.contiguous()
+    pdk = None if dkl is None else dkl.data_ptr()
+    g_mu, pdm = new_output(shape, dtype, need_mu)
+    dlv, pdl = new_output(shape, dtype, need_lv)
+    deps, pde = new_output(shape, dtype, need_eps)
+    k0, k1 = keys(seed if args[6] is None else None)
+    _bwd_small(WITNESS[dtype], R, D, pdz, ndz, dzl, pdk, *args, k0, k1, pdm, pdl, pde)
+    return (dmu if dmu_is_dz else g_mu), dlv, deps
+
+
 # --------------------------------------------------------------------------- backend entry points
+
+
+def _direct(mu, logvar, eps, seed, want_z, want_kl, shape):
+    """The no-grad route (no autograd, no transform): :func:`forward`, or the small-call kernel."""
+    shape = mu.shape if shape is None else shape
+    R, D = rows(shape)
+    if small(shape, D):
+        return _small_forward(_small_inputs(mu, logvar, eps, shape, R, D), mu.dtype, seed, want_z, want_kl, shape)
+    return forward(mu, logvar, eps, seed, want_z, want_kl, shape=shape)
 
 
 def normal_rsample(mu, logvar, eps, seed, shape=None):
@@ -587,7 +671,7 @@ def normal_rsample(mu, logvar, eps, seed, shape=None):
         return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, False, shape or mu.shape)
     if path == TRANSFORM:
         return apply(Rsample, *expand_to(shape, mu, logvar, eps), seed)
-    return forward(mu, logvar, eps, seed, True, False, shape=shape)[0]
+    return _direct(mu, logvar, eps, seed, True, False, shape)[0]
 
 
 def normal_kl_std(mu, logvar, shape=None):
@@ -597,7 +681,7 @@ def normal_kl_std(mu, logvar, shape=None):
         return plain_apply(_PlainRsampleKL, mu, logvar, None, None, False, True, shape or mu.shape)
     if path == TRANSFORM:
         return apply(KLStd, *expand_to(shape, mu, logvar))
-    return forward(mu, logvar, None, None, False, True, shape=shape)[1]
+    return _direct(mu, logvar, None, None, False, True, shape)[1]
 
 
 def normal_rsample_kl(mu, logvar, eps, seed, shape=None):
@@ -607,4 +691,4 @@ def normal_rsample_kl(mu, logvar, eps, seed, shape=None):
         return plain_apply(_PlainRsampleKL, mu, logvar, eps, seed, True, True, shape or mu.shape)
     if path == TRANSFORM:
         return apply(RsampleKL, *expand_to(shape, mu, logvar, eps), seed)
-    return forward(mu, logvar, eps, seed, True, True, shape=shape)
+    return _direct(mu, logvar, eps, seed, True, True, shape)

@@ -48,18 +48,23 @@ from ._flags import BLOCK, FUSED_GRAD_MAX_ELEMENTS, JIT_OPTIONS, PARALLEL_MIN_EL
 from ._layout import (
     CHUNK_ROWS,
     SHORT_ROW,
+    WITNESS,
+    address,
     chunk_tiled,
+    new_output,
     out_row,
     put,
     row,
     rows_backward,
     rows_flat,
     scratch,
+    small,
     spread_rows,
     strided,
     sum_rows,
     task,
     tasks,
+    view,
 )
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
 
@@ -299,6 +304,29 @@ def _bern_bwd_parallel(R, D, g, x, xl, logits, ll, dx, dl):
         _bern_bwd_rows(lo, hi, D, g, x, xl, logits, ll, dx, dl)
 
 
+@njit(**JIT_OPTIONS)
+def _normal_fwd_small(wt, R, D, px, nx, xl, pm, nm, mul, pv, nv, lvl, po):
+    # _normal_fwd_serial of a small call (_layout.small): arrays by address and
+    # length (_layout.view), wt the dtype; no precomputed exp(-lv).
+    x, mu, lv = view(px, nx, wt), view(pm, nm, wt), view(pv, nv, wt)
+    _normal_fwd_rows(0, R, D, x, xl, mu, mul, lv, lvl, None, view(po, R, wt))
+
+
+@njit(**JIT_OPTIONS)
+def _normal_bwd_small(wt, R, D, pg, px, nx, xl, pm, nm, mul, pv, nv, lvl, pdx, pdm, pdl):
+    # _normal_bwd_serial (one task, full-size gradients) of a small call, arrays by address.
+    n = R * D
+    x, mu, lv = view(px, nx, wt), view(pm, nm, wt), view(pv, nv, wt)
+    dx, dmu, dlv = view(pdx, n, wt), view(pdm, n, wt), view(pdl, n, wt)
+    _normal_bwd_rows(0, R, 0, D, view(pg, R, wt), x, xl, mu, mul, lv, lvl, None, dx, dmu, dlv)
+
+
+@njit(**JIT_OPTIONS)
+def _bern_fwd_small(w, R, D, px, nx, xl, pl, nl, ll, po, pd):
+    # _bern_fwd_serial of a small call (_layout.small), arrays by address and length (_layout.view)
+    _bern_fwd_rows(0, R, D, view(px, nx, w), xl, view(pl, nl, w), ll, view(po, R, w), view(pd, R * D, w))
+
+
 # --------------------------------------------------------------------------- launchers
 
 
@@ -386,6 +414,47 @@ def bernoulli_forward(x, logits, *, out=None, with_grad=False, shape=None):
         return (res, grad) if with_grad else res
     kernel = _bern_fwd_parallel if use_parallel(n, PARALLEL_MIN_ELEMENTS_BERNOULLI) else _bern_fwd_serial
     kernel(R, D, *strided(x, R, D, shape), *strided(logits, R, D, shape), ra, ga)
+    return (res, grad) if with_grad else res
+
+
+def _normal_small_inputs(x, mu, logvar, shape, R, D):
+    """``(R, D, kernel input addresses, copies to keep)`` of a small call (:func:`._layout.small`)."""
+    keep: list = []
+    args = (*address(x, R, D, shape, keep), *address(mu, R, D, shape, keep), *address(logvar, R, D, shape, keep))
+    return R, D, args, keep
+
+
+def _normal_small_forward(call, dtype, shape):
+    """:func:`normal_forward` of a small call: addresses for arrays (outside transforms only)."""
+    R, D, args, _ = call
+    res, po = new_output(shape[:-1], dtype)
+    _normal_fwd_small(WITNESS[dtype], R, D, *args, po)
+    return res
+
+
+def _normal_small_backward(call, g, dtype, needs, shape):
+    """``(dx, dmu, dlogvar)`` of a small call, of the broadcast ``shape`` (None where not needed)."""
+    R, D, args, _ = call
+    if not any(needs):
+        return None, None, None
+    if not g.is_contiguous():
+        g = g.contiguous()
+    (dx, px), (dm, pm), (dl, pl) = (new_output(shape, dtype, need) for need in needs)
+    _normal_bwd_small(WITNESS[dtype], R, D, g.data_ptr(), *args, px, pm, pl)
+    return dx, dm, dl
+
+
+def _bern_small_forward(x, logits, with_grad, shape, R, D):
+    """:func:`bernoulli_forward` of a small call (:func:`._layout.small`): addresses for arrays.
+
+    Only outside ``torch.func`` transforms (the plain and no-grad routes), where
+    ``torch.empty`` has storage and the inputs are plain tensors.
+    """
+    keep: list = []
+    args = (*address(x, R, D, shape, keep), *address(logits, R, D, shape, keep))
+    res, po = new_output(shape[:-1], x.dtype)
+    grad, pd = new_output(shape, x.dtype, with_grad)
+    _bern_fwd_small(WITNESS[x.dtype], R, D, *args, po, pd)
     return (res, grad) if with_grad else res
 
 
@@ -501,9 +570,14 @@ class _PlainNormalLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, mu, logvar, shape):
-        prepared = normal_prepare(x, mu, logvar, shape)
-        ctx.state = (prepared, shape)
         ctx.save_for_backward(x, mu, logvar)
+        R, D = rows(shape)
+        if small(shape, D):
+            call = _normal_small_inputs(x, mu, logvar, shape, R, D)
+            ctx.state, ctx.small = (None, shape), call
+            return _normal_small_forward(call, x.dtype, shape)
+        prepared = normal_prepare(x, mu, logvar, shape)
+        ctx.state, ctx.small = (prepared, shape), None
         return normal_forward(x, mu, logvar, prepared=prepared, shape=shape)
 
     @staticmethod
@@ -513,6 +587,8 @@ class _PlainNormalLogProb(torch.autograd.Function):
         needs = ctx.needs_input_grad[:3]
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             grads = apply(NormalLogProbBackward, g, *expand_to(shape, x, mu, logvar), *needs)
+        elif ctx.small is not None:
+            grads = _normal_small_backward(ctx.small, g, x.dtype, needs, shape)
         else:
             grads = normal_backward(g, x, mu, logvar, *needs, prepared=prepared, shape=shape, reduce=True)
         return (*(reduce_to(d, t.shape) for d, t in zip(grads, (x, mu, logvar), strict=True)), None)
@@ -534,7 +610,10 @@ class _PlainBernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, logits, shape):
         # x, logits: not expanded to the broadcast `shape` (read in place, see _layout.strided)
-        if math.prod(shape) <= FUSED_GRAD_MAX_ELEMENTS:
+        R, D = rows(shape)
+        if small(shape, D):
+            ll, grad = _bern_small_forward(x, logits, True, shape, R, D)
+        elif math.prod(shape) <= FUSED_GRAD_MAX_ELEMENTS:
             ll, grad = bernoulli_forward(x, logits, with_grad=True, shape=shape)
         else:
             ll, grad = bernoulli_forward(x, logits, shape=shape), None
@@ -565,6 +644,10 @@ def normal_log_prob(x, mu, logvar, shape=None):
         return plain_apply(_PlainNormalLogProb, x, mu, logvar, shape or x.shape)
     if path == TRANSFORM:
         return apply(NormalLogProb, *expand_to(shape, x, mu, logvar))
+    shape = shape or x.shape
+    R, D = rows(shape)
+    if small(shape, D):
+        return _normal_small_forward(_normal_small_inputs(x, mu, logvar, shape, R, D), x.dtype, shape)
     return normal_forward(x, mu, logvar, shape=shape)
 
 
@@ -575,4 +658,8 @@ def bernoulli_log_prob(x, logits, shape=None):
         return plain_apply(_PlainBernoulliLogProb, x, logits, shape or x.shape)
     if path != NO_GRAD:  # a transform, or x differentiable too
         return apply(BernoulliLogProb, *expand_to(shape, x, logits))
+    shape = shape or x.shape
+    R, D = rows(shape)
+    if small(shape, D):
+        return _bern_small_forward(x, logits, False, shape, R, D)
     return bernoulli_forward(x, logits, shape=shape)
