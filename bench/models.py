@@ -106,6 +106,66 @@ class MLPVAE(nn.Module):
         """``z [..., K] -> logits [..., D]`` of the Bernoulli decoder."""
         return self.decoder(z)
 
+    def decoder_vjp(self, z: torch.Tensor, cotangent: torch.Tensor, rep_dim: int) -> dict[str, torch.Tensor]:
+        """Per-replicate vector-Jacobian products of :meth:`decode` in the decoder's parameters.
+
+        The optional hook of the model protocol that :func:`estimators.per_sample_grads`
+        calls instead of ``torch.func.vmap`` over a ``vjp`` of ``decode`` (that vmap
+        took 0.74 of the 1.40 s of an IWAE estimate on digits here, R = 256, S = 10:
+        under vmap every layer's addmm becomes mm + add + copies, one small product
+        per replicate). Here the replicates stay one batch: the decoder runs once
+        on ``z`` laid out ``[R, N, K]`` (replicate r's N rows together), one
+        autograd pass takes the cotangent at every linear layer's output, and each
+        layer's per-replicate gradients are sums over the replicate's rows,
+        ``dW_r = sum_n c_rn^T a_rn`` (one ``bmm`` over replicates) and
+        ``db_r = sum_n c_rn``, with ``a`` the layer's input: the per-example
+        gradient of a linear layer (Goodfellow 2015, "Efficient per-example
+        gradient computations", arXiv:1510.01799).
+
+        Args:
+            z: ``[..., R, ..., K]`` latents, the R replicates along ``rep_dim``.
+            cotangent: ``[..., D]``, broadcastable to ``decode(z)``.
+            rep_dim: the replicate dim of ``z`` (a leading dim).
+
+        Returns:
+            ``{"decoder.<i>.weight": [R, out, in], "decoder.<i>.bias": [R, out]}`` for
+            the trainable parameters of every linear layer; ``NotImplemented`` when a
+            subclass changed :meth:`decode` or gave the decoder other parametrised
+            layers (``per_sample_grads`` then takes the generic vmap).
+        """
+        layers = list(self.decoder)
+        if type(self).decode is not MLPVAE.decode or any(
+            not isinstance(m, nn.Linear) and any(True for _ in m.parameters()) for m in layers
+        ):
+            return NotImplemented
+        R = z.shape[rep_dim]
+        h = z.detach().movedim(rep_dim, 0).reshape(R, -1, z.shape[-1])  # [R, N, K]
+        c = cotangent.expand(*z.shape[:-1], self.x_dim).movedim(rep_dim, 0).reshape(R, -1, self.x_dim)
+        inputs, outputs = [], []
+        with torch.enable_grad():
+            for m in layers:
+                if isinstance(m, nn.Linear):
+                    inputs.append(h.detach())
+                    h = nn.functional.linear(h, m.weight.detach(), None if m.bias is None else m.bias.detach())
+                    if not h.requires_grad:  # the first layer: its output starts the graph
+                        h.requires_grad_(True)
+                    outputs.append(h)
+                else:
+                    h = m(h)
+            cots = torch.autograd.grad(h, outputs, c)
+        out: dict[str, torch.Tensor] = {}
+        k = 0
+        for i, m in enumerate(layers):
+            if not isinstance(m, nn.Linear):
+                continue
+            a, g = inputs[k], cots[k]
+            k += 1
+            if m.weight.requires_grad:
+                out[f"decoder.{i}.weight"] = torch.bmm(g.transpose(1, 2), a)
+            if m.bias is not None and m.bias.requires_grad:
+                out[f"decoder.{i}.bias"] = g.sum(1)
+        return out
+
     def log_likelihood(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``log p(x|z) = sum_d x_d l_d - softplus(l_d)`` ``[...]`` through the kernel API."""
         return kernels.bernoulli_log_prob(x, logits)

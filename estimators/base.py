@@ -28,7 +28,8 @@ graphs"; the form of pyro's ``trace_elbo``). See :meth:`Estimator.surrogate`.
   shaped like ``decode(z)``'s outputs (equal to ``torch.func.vmap`` over a
   ``vjp`` of ``decode`` along ``rep_dim``); :func:`estimators.per_sample_grads`
   calls it instead of that vmap, which recomputes the decoder's forward
-  (:class:`bench.ppca.LinearGaussianVAE` has one).
+  (:class:`bench.ppca.LinearGaussianVAE` and :class:`bench.models.MLPVAE` have
+  one); a hook that returns ``NotImplemented`` declines, and the vmap runs.
 
 The densities are evaluated here, through the public kernel API
 (:func:`kernels.bernoulli_log_prob`, :func:`kernels.normal_log_prob`,

@@ -25,8 +25,8 @@ batch, chunked over R to bound memory:
    (its Jacobian is shared by all replicates), the decoder's at each replicate's z.
    A model may supply the decoder's in closed form, ``model.decoder_vjp(z,
    cotangents, rep_dim) -> {name: [R, *param.shape]}`` (the optional hook of the
-   model protocol, :mod:`estimators.base`); the vmapped ``vjp`` recomputes the
-   decoder's forward to build the parameters' graph.
+   model protocol, :mod:`estimators.base`; ``NotImplemented`` declines it); the
+   vmapped ``vjp`` recomputes the decoder's forward to build the parameters' graph.
 
 Stateful control variates are frozen meanwhile (:meth:`Estimator.frozen`).
 """
@@ -224,8 +224,9 @@ def per_sample_grads(
                     continue
                 cots = tuple(torch.zeros_like(p) if c is None else c for c, p in zip(cots, ps, strict=True))
                 rd = z_in.dim() - mu.dim() - 1  # position of the replicate dim: [..., R, B, Dz]
-                if hook is not None:
-                    for name, g in _hook_vjp(hook, z_in, cots, single, rd, params, rc).items():
+                got = None if hook is None else _hook_vjp(hook, z_in, cots, single, rd, params, rc)
+                if got is not None:
+                    for name, g in got.items():
                         out[name][r0:r1] += g
                     continue
                 for name, g in _decoder_vjp(dec_mod, dec_params, z_in, cots, single, rd).items():
@@ -233,9 +234,15 @@ def per_sample_grads(
     return out
 
 
-def _hook_vjp(hook, z_in, cots, single, rd, params, rc) -> dict[str, torch.Tensor]:
-    """The model's own per-replicate decoder VJP (``model.decoder_vjp``), its result checked."""
+def _hook_vjp(hook, z_in, cots, single, rd, params, rc) -> dict[str, torch.Tensor] | None:
+    """The model's own per-replicate decoder VJP (``model.decoder_vjp``), its result checked.
+
+    None when the hook returns ``NotImplemented`` (it does not cover this model:
+    the caller takes the generic vmap).
+    """
     got = hook(z_in, cots[0] if single else cots, rd)
+    if got is NotImplemented:
+        return None
     if not isinstance(got, dict):
         raise TypeError(f"model.decoder_vjp must return a dict name -> [R, *param.shape], got {type(got).__name__}")
     for name, g in got.items():
