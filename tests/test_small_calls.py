@@ -1,8 +1,8 @@
 """The numba small-call path: kernels given addresses instead of numpy arrays.
 
-Below ``kernels.numba_cpu._layout.SMALL_MAX_ELEMENTS`` elements (rows of at
-least ``SHORT_ROW``) the Gaussian rsample/KL ops and both log densities hand
-their serial kernels ``(address, length, layout)`` per input
+Below ``kernels.numba_cpu._layout.SMALL_MAX_ELEMENTS`` elements (short rows,
+``D < SHORT_ROW``, only in fewer than two chunks) the Gaussian rsample/KL ops
+and both log densities hand their serial kernels ``(address, length, layout)`` per input
 (``_layout.address``) and build the arrays inside numba (``_layout.view``), which
 costs a fraction of :func:`_layout.strided`'s numpy views at VAE-training sizes.
 
@@ -104,18 +104,18 @@ def test_a_training_step_takes_the_small_path(launches):
 
 
 @pytest.mark.parametrize(
-    "shape",
-    [(1024, 32), (8, 4095), (1000, 31)],  # 32768 = SMALL_MAX_ELEMENTS elements, 32760, rows of D < SHORT_ROW
-    ids=["at-threshold", "one-under", "short-rows"],
+    "shape,expected",
+    [((1024, 32), 0), ((8, 4095), 1), ((1000, 31), 1), ((1100, 29), 0), ((100, 16), 1)],
+    ids=["at-threshold", "one-under", "short-rows-one-chunk-and-a-half", "short-rows-two-chunks", "digits-latents"],
 )
-def test_the_threshold_and_short_rows(launches, shape):
-    from kernels.numba_cpu._layout import SHORT_ROW, SMALL_MAX_ELEMENTS
+def test_the_threshold_and_short_rows(launches, shape, expected):
+    """Below 32768 elements; short rows (D < 32) only in fewer than two chunks of 512 rows."""
+    from kernels.numba_cpu._layout import CHUNK_ROWS, SHORT_ROW, SMALL_MAX_ELEMENTS
 
-    assert SHORT_ROW == 32 and SMALL_MAX_ELEMENTS == 32768  # the ids above
+    assert (SHORT_ROW, CHUNK_ROWS, SMALL_MAX_ELEMENTS) == (32, 512, 32768)  # the ids above
     gen = torch.Generator().manual_seed(1)
     mu, logvar = _leaf(shape, torch.float32, gen), _leaf(shape, torch.float32, gen, 0.5)
-    z, kl = kernels.normal_rsample_kl(mu, logvar, torch.randn(shape, generator=gen), backend="numba")
-    expected = 1 if shape == (8, 4095) else 0
+    kernels.normal_rsample_kl(mu, logvar, torch.randn(shape, generator=gen), backend="numba")
     assert launches["_fwd_small"] == expected
 
 
@@ -148,6 +148,13 @@ def _gaussian_case(case, dtype, gen):
     if case == "broadcast-row":  # one logvar row for every row
         mu, logvar, eps = _leaf((3, 7, 33), dtype, gen), _leaf((33,), dtype, gen, 0.5), _leaf((3, 7, 33), dtype, gen)
         return mu, logvar, eps, [mu, logvar, eps]
+    if case == "short-rows":  # digits' latents [B, 16]: the chunked kernels
+        h = _leaf((100, 32), dtype, gen)
+        mu, logvar = h.chunk(2, -1)
+        return mu, logvar, torch.randn((1, 100, 16), generator=gen, dtype=torch.float64).to(dtype), [h]
+    if case == "short-rows-broadcast":  # rows of 3 under samples, 2 chunks' worth of elements but 960 rows
+        mu, logvar, eps = _leaf((96, 3), dtype, gen), _leaf((96, 3), dtype, gen, 0.5), _leaf((10, 96, 3), dtype, gen)
+        return mu, logvar, eps, [mu, logvar, eps]
     if case == "copied":  # leading dims that do not collapse to two: strided() copies it, address() keeps the copy
         base = _leaf((4, 5, 6, 40), dtype, gen)
         mu = base.permute(2, 0, 1, 3)  # [6, 4, 5, 40], strides that do not merge
@@ -156,7 +163,15 @@ def _gaussian_case(case, dtype, gen):
     raise AssertionError(case)
 
 
-GAUSS_CASES = ["contiguous", "chunked-views", "broadcast-samples", "broadcast-row", "copied"]
+GAUSS_CASES = [
+    "contiguous",
+    "chunked-views",
+    "broadcast-samples",
+    "broadcast-row",
+    "short-rows",
+    "short-rows-broadcast",
+    "copied",
+]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -231,12 +246,15 @@ def test_the_copy_outlives_the_forward(launches):
 
 # --------------------------------------------------------------------------- the Bernoulli op on the path
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", ["contiguous", "broadcast-data", "real-x", "strided-logits"])
+@pytest.mark.parametrize("case", ["contiguous", "broadcast-data", "real-x", "strided-logits", "short-rows"])
 def test_bernoulli_small_calls_match_reference(launches, case, dtype):
     gen = torch.Generator().manual_seed(10)
     if case == "broadcast-data":  # x [B, D] under logits [S, B, D] (the decoder's samples)
         x = torch.rand((6, 784), generator=gen, dtype=torch.float64).bernoulli().to(dtype)
         logits = _leaf((3, 6, 784), dtype, gen, 3.0)
+    elif case == "short-rows":  # no chunked Bernoulli kernel: the row kernel at any D
+        x = torch.rand((2, 50, 10), generator=gen, dtype=torch.float64).bernoulli().to(dtype)
+        logits = _leaf((2, 50, 10), dtype, gen, 3.0)
     elif case == "strided-logits":
         x = torch.rand((20, 100), generator=gen, dtype=torch.float64).bernoulli().to(dtype)
         wide = _leaf((20, 300), dtype, gen, 3.0)
@@ -271,6 +289,11 @@ def _normal_case(case, dtype, gen):
     if case == "broadcast-row":  # a fixed variance row, as the ppca decoder's
         x, mu, logvar = _leaf((3, 7, 33), dtype, gen), _leaf((7, 33), dtype, gen), _leaf((33,), dtype, gen, 0.5)
         return x, mu, logvar, [x, mu, logvar]
+    if case == "short-rows":  # log q of z [S, B, 16] under digits' chunked encoder output
+        h = _leaf((30, 32), dtype, gen, 0.5)
+        mu, logvar = h.chunk(2, -1)
+        x = _leaf((10, 30, 16), dtype, gen)
+        return x, mu, logvar, [x, h]
     if case == "copied":
         base = _leaf((4, 5, 6, 40), dtype, gen)
         x = base.permute(2, 0, 1, 3)
@@ -279,7 +302,7 @@ def _normal_case(case, dtype, gen):
     raise AssertionError(case)
 
 
-NORMAL_CASES = ["contiguous", "log-q-of-samples", "broadcast-row", "copied"]
+NORMAL_CASES = ["contiguous", "log-q-of-samples", "broadcast-row", "short-rows", "copied"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -162,10 +162,11 @@ def strided(t: torch.Tensor | None, R: int, D: int, shape=None):
 
 # --------------------------------------------------------------------------- small calls: addresses, not arrays
 
-#: Up to this many elements (and rows of at least SHORT_ROW) the plain-autograd
-#: ops hand their kernels addresses instead of numpy arrays (:func:`address`,
-#: :func:`view`). This is the regime of VAE training at small batches (``[20, 50]``
-#: latents, ``[20, 784]`` pixels), where the Python around a kernel, not the
+#: Below this many elements (short rows only in fewer than two chunks, see
+#: :func:`small`) the plain-autograd and no-grad ops hand their kernels addresses
+#: instead of numpy arrays (:func:`address`, :func:`view`). This is the regime of
+#: VAE training at small batches (``[20, 50]`` latents, ``[20, 784]`` pixels;
+#: digits' ``[100, 16]``), where the Python around a kernel, not the
 #: kernel, is most of an op's time. Those calls run between the training step's
 #: matrix products and optimizer update, which evict the glue's code and data from
 #: the caches: measured here after a 16 MB copy, reading three inputs through
@@ -181,8 +182,14 @@ WITNESS = {torch.float32: np.empty(0, np.float32), torch.float64: np.empty(0, np
 
 
 def small(shape, D: int) -> bool:
-    """Whether a call of the broadcast ``shape`` (rows of ``D``) takes the address path (non-empty)."""
-    return D >= SHORT_ROW and 0 < math.prod(shape) < SMALL_MAX_ELEMENTS
+    """Whether a call of the broadcast ``shape`` (rows of ``D``) takes the address path (non-empty).
+
+    Short rows (``D < SHORT_ROW``, the chunked kernels) only in fewer than two
+    chunks, which :func:`chunk_tiled` leaves as they are: the layouts are then
+    the ones :func:`address` gives.
+    """
+    n = math.prod(shape)
+    return 0 < n < SMALL_MAX_ELEMENTS and (D >= SHORT_ROW or n < 2 * CHUNK_ROWS * D)
 
 
 @intrinsic

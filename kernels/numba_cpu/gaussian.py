@@ -243,20 +243,28 @@ def _bwd_parallel(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1,
 
 @njit(**JIT_OPTIONS)
 def _fwd_small(w, R, D, pm, nm, mul, pv, nv, lvl, pe, ne, el, k0, k1, pz, pk):
-    # _fwd_serial of a small call (_layout.small): every array given by address and
-    # length (_layout.view; None stays None), w the dtype; no precomputed exp.
+    # _fwd_serial (or, for short rows, _fwd_chunked_serial) of a small call
+    # (_layout.small): every array given by address and length (_layout.view;
+    # None stays None), w the dtype; no precomputed exp.
     mu, lv, eps = view(pm, nm, w), view(pv, nv, w), view(pe, ne, w)
-    _fwd_rows(0, R, D, mu, mul, lv, lvl, None, eps, el, k0, k1, view(pz, R * D, w), view(pk, R, w))
+    z, kl = view(pz, R * D, w), view(pk, R, w)
+    if D < SHORT_ROW:
+        _fwd_chunked_serial(R, D, mu, mul, lv, lvl, None, eps, el, k0, k1, z, kl)
+    else:
+        _fwd_rows(0, R, D, mu, mul, lv, lvl, None, eps, el, k0, k1, z, kl)
 
 
 @njit(**JIT_OPTIONS)
 def _bwd_small(w, R, D, pdz, ndz, dzl, pdk, pm, nm, mul, pv, nv, lvl, pe, ne, el, k0, k1, pdm, pdl, pde):
-    # _bwd_serial (one task, full-size gradients) of a small call, arrays by address as _fwd_small.
+    # _bwd_serial (one task, full-size gradients) or _bwd_chunked_serial of a small call, arrays by address.
     n = R * D
     dz, dkl = view(pdz, ndz, w), view(pdk, R, w)
     mu, lv, eps = view(pm, nm, w), view(pv, nv, w), view(pe, ne, w)
     dmu, dlv, deps = view(pdm, n, w), view(pdl, n, w), view(pde, n, w)
-    _bwd_rows(0, R, 0, D, dz, dzl, dkl, mu, mul, lv, lvl, None, eps, el, k0, k1, dmu, dlv, deps)
+    if D < SHORT_ROW:
+        _bwd_chunked_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, None, eps, el, k0, k1, dmu, dlv, deps)
+    else:
+        _bwd_rows(0, R, 0, D, dz, dzl, dkl, mu, mul, lv, lvl, None, eps, el, k0, k1, dmu, dlv, deps)
 
 
 @njit(**JIT_OPTIONS)

@@ -306,19 +306,27 @@ def _bern_bwd_parallel(R, D, g, x, xl, logits, ll, dx, dl):
 
 @njit(**JIT_OPTIONS)
 def _normal_fwd_small(wt, R, D, px, nx, xl, pm, nm, mul, pv, nv, lvl, po):
-    # _normal_fwd_serial of a small call (_layout.small): arrays by address and
-    # length (_layout.view), wt the dtype; no precomputed exp(-lv).
+    # _normal_fwd_serial (short rows: _normal_fwd_chunked_serial) of a small call
+    # (_layout.small): arrays by address and length (_layout.view), wt the dtype;
+    # no precomputed exp(-lv).
     x, mu, lv = view(px, nx, wt), view(pm, nm, wt), view(pv, nv, wt)
-    _normal_fwd_rows(0, R, D, x, xl, mu, mul, lv, lvl, None, view(po, R, wt))
+    out = view(po, R, wt)
+    if D < SHORT_ROW:
+        _normal_fwd_chunked_serial(R, D, x, xl, mu, mul, lv, lvl, None, out)
+    else:
+        _normal_fwd_rows(0, R, D, x, xl, mu, mul, lv, lvl, None, out)
 
 
 @njit(**JIT_OPTIONS)
 def _normal_bwd_small(wt, R, D, pg, px, nx, xl, pm, nm, mul, pv, nv, lvl, pdx, pdm, pdl):
-    # _normal_bwd_serial (one task, full-size gradients) of a small call, arrays by address.
+    # _normal_bwd_serial (one task, full-size gradients) or the chunked one of a small call, arrays by address.
     n = R * D
     x, mu, lv = view(px, nx, wt), view(pm, nm, wt), view(pv, nv, wt)
     dx, dmu, dlv = view(pdx, n, wt), view(pdm, n, wt), view(pdl, n, wt)
-    _normal_bwd_rows(0, R, 0, D, view(pg, R, wt), x, xl, mu, mul, lv, lvl, None, dx, dmu, dlv)
+    if D < SHORT_ROW:
+        _normal_bwd_chunked_serial(R, D, view(pg, R, wt), x, xl, mu, mul, lv, lvl, None, dx, dmu, dlv)
+    else:
+        _normal_bwd_rows(0, R, 0, D, view(pg, R, wt), x, xl, mu, mul, lv, lvl, None, dx, dmu, dlv)
 
 
 @njit(**JIT_OPTIONS)
