@@ -241,6 +241,15 @@ def address(t: torch.Tensor | None, R: int, D: int, shape, keep: list):
     return a.ctypes.data, a.shape[0], lay
 
 
+def small_call(shape, R: int, D: int, *tensors):
+    """``(R, D, kernel input addresses, copies to keep)`` of a small call: :func:`address` of each input in turn."""
+    keep: list = []
+    args: tuple = ()
+    for t in tensors:
+        args += address(t, R, D, shape, keep)
+    return R, D, args, keep
+
+
 def new_output(shape, dtype: torch.dtype, wanted: bool = True):
     """``(tensor, its address)`` of a new contiguous output of a small call, or ``(None, None)`` when not wanted.
 

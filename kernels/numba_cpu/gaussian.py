@@ -66,6 +66,7 @@ from ._layout import (
     rows_flat,
     scratch,
     small,
+    small_call,
     spread_rows,
     strided,
     sum_rows,
@@ -573,7 +574,7 @@ class _PlainRsampleKL(torch.autograd.Function):
         ctx.save_for_backward(mu, logvar, eps)  # keeps them alive and version-checked
         R, D = rows(shape)
         if small(shape, D):
-            call = _small_inputs(mu, logvar, eps, shape, R, D)
+            call = small_call(shape, R, D, mu, logvar, eps)
             ctx.state = (None, seed, want_z, want_kl, shape)
             ctx.small = call
             z, kl = _small_forward(call, mu.dtype, seed, want_z, want_kl, shape)
@@ -612,13 +613,6 @@ class _PlainRsampleKL(torch.autograd.Function):
         dmu, dlv = reduce_to(dmu, mu.shape), reduce_to(dlv, logvar.shape)
         deps = None if eps is None else reduce_to(deps, eps.shape)
         return dmu, dlv, deps, None, None, None, None
-
-
-def _small_inputs(mu, logvar, eps, shape, R, D):
-    """``(R, D, kernel input addresses, copies to keep)`` of a small call (:func:`._layout.small`)."""
-    keep: list = []
-    args = (*address(mu, R, D, shape, keep), *address(logvar, R, D, shape, keep), *address(eps, R, D, shape, keep))
-    return R, D, args, keep
 
 
 def _small_forward(call, dtype, seed, want_z, want_kl, shape):
@@ -664,7 +658,7 @@ def _direct(mu, logvar, eps, seed, want_z, want_kl, shape):
     shape = mu.shape if shape is None else shape
     R, D = rows(shape)
     if small(shape, D):
-        return _small_forward(_small_inputs(mu, logvar, eps, shape, R, D), mu.dtype, seed, want_z, want_kl, shape)
+        return _small_forward(small_call(shape, R, D, mu, logvar, eps), mu.dtype, seed, want_z, want_kl, shape)
     return forward(mu, logvar, eps, seed, want_z, want_kl, shape=shape)
 
 

@@ -49,7 +49,6 @@ from ._layout import (
     CHUNK_ROWS,
     SHORT_ROW,
     WITNESS,
-    address,
     chunk_tiled,
     new_output,
     out_row,
@@ -59,6 +58,7 @@ from ._layout import (
     rows_flat,
     scratch,
     small,
+    small_call,
     spread_rows,
     strided,
     sum_rows,
@@ -425,13 +425,6 @@ def bernoulli_forward(x, logits, *, out=None, with_grad=False, shape=None):
     return (res, grad) if with_grad else res
 
 
-def _normal_small_inputs(x, mu, logvar, shape, R, D):
-    """``(R, D, kernel input addresses, copies to keep)`` of a small call (:func:`._layout.small`)."""
-    keep: list = []
-    args = (*address(x, R, D, shape, keep), *address(mu, R, D, shape, keep), *address(logvar, R, D, shape, keep))
-    return R, D, args, keep
-
-
 def _normal_small_forward(call, dtype, shape):
     """:func:`normal_forward` of a small call: addresses for arrays (outside transforms only)."""
     R, D, args, _ = call
@@ -458,8 +451,7 @@ def _bern_small_forward(x, logits, with_grad, shape, R, D):
     Only outside ``torch.func`` transforms (the plain and no-grad routes), where
     ``torch.empty`` has storage and the inputs are plain tensors.
     """
-    keep: list = []
-    args = (*address(x, R, D, shape, keep), *address(logits, R, D, shape, keep))
+    _, _, args, keep = small_call(shape, R, D, x, logits)  # keep: copies the kernel reads
     res, po = new_output(shape[:-1], x.dtype)
     grad, pd = new_output(shape, x.dtype, with_grad)
     _bern_fwd_small(WITNESS[x.dtype], R, D, *args, po, pd)
@@ -581,7 +573,7 @@ class _PlainNormalLogProb(torch.autograd.Function):
         ctx.save_for_backward(x, mu, logvar)
         R, D = rows(shape)
         if small(shape, D):
-            call = _normal_small_inputs(x, mu, logvar, shape, R, D)
+            call = small_call(shape, R, D, x, mu, logvar)
             ctx.state, ctx.small = (None, shape), call
             return _normal_small_forward(call, x.dtype, shape)
         prepared = normal_prepare(x, mu, logvar, shape)
@@ -655,7 +647,7 @@ def normal_log_prob(x, mu, logvar, shape=None):
     shape = shape or x.shape
     R, D = rows(shape)
     if small(shape, D):
-        return _normal_small_forward(_normal_small_inputs(x, mu, logvar, shape, R, D), x.dtype, shape)
+        return _normal_small_forward(small_call(shape, R, D, x, mu, logvar), x.dtype, shape)
     return normal_forward(x, mu, logvar, shape=shape)
 
 
