@@ -106,6 +106,28 @@ class MLPVAE(nn.Module):
         """``z [..., K] -> logits [..., D]`` of the Bernoulli decoder."""
         return self.decoder(z)
 
+    def _plain_linear_decoder(self) -> bool:
+        """``decode`` is this class's and every parametrised decoder layer is an ``nn.Linear``."""
+        return type(self).decode is MLPVAE.decode and not any(
+            not isinstance(m, nn.Linear) and any(True for _ in m.parameters()) for m in self.decoder
+        )
+
+    def decoder_layers(self) -> dict[str, nn.Linear]:
+        """The decoder's linear layers by name: the optional layer-tap hook of the model protocol.
+
+        :func:`estimators.per_sample_grads` then records each layer's input and
+        output while the estimator's objective runs and takes the cotangents at
+        the outputs in the same backward pass as everything else, so the
+        per-replicate gradients cost one ``bmm`` per layer and no second pass
+        through the decoder (:meth:`decoder_vjp` recomputes it). The activations
+        are out of place, as the hook requires. ``NotImplemented`` when a
+        subclass changed :meth:`decode` or gave the decoder other parametrised
+        layers (as :meth:`decoder_vjp`).
+        """
+        if not self._plain_linear_decoder():
+            return NotImplemented
+        return {f"decoder.{i}": m for i, m in enumerate(self.decoder) if isinstance(m, nn.Linear)}
+
     def decoder_vjp(self, z: torch.Tensor, cotangent: torch.Tensor, rep_dim: int) -> dict[str, torch.Tensor]:
         """Per-replicate vector-Jacobian products of :meth:`decode` in the decoder's parameters.
 
@@ -134,9 +156,7 @@ class MLPVAE(nn.Module):
             layers (``per_sample_grads`` then takes the generic vmap).
         """
         layers = list(self.decoder)
-        if type(self).decode is not MLPVAE.decode or any(
-            not isinstance(m, nn.Linear) and any(True for _ in m.parameters()) for m in layers
-        ):
+        if not self._plain_linear_decoder():
             return NotImplemented
         R = z.shape[rep_dim]
         h = z.detach().movedim(rep_dim, 0).reshape(R, -1, z.shape[-1])  # [R, N, K]

@@ -29,7 +29,16 @@ graphs"; the form of pyro's ``trace_elbo``). See :meth:`Estimator.surrogate`.
   ``vjp`` of ``decode`` along ``rep_dim``); :func:`estimators.per_sample_grads`
   calls it instead of that vmap, which recomputes the decoder's forward
   (:class:`bench.ppca.LinearGaussianVAE` and :class:`bench.models.MLPVAE` have
-  one); a hook that returns ``NotImplemented`` declines, and the vmap runs.
+  one); a hook that returns ``NotImplemented`` declines, and the vmap runs;
+* optionally ``model.decoder_layers() -> {submodule name: nn.Linear}``: linear
+  layers whose weights and biases are every trainable decoder parameter, each
+  used only through its layer's forward over the last dim, with inputs and
+  outputs not modified in place. :func:`estimators.per_sample_grads` then
+  records each layer's input and output while the objective runs, takes the
+  cotangents at the outputs in its one backward pass and forms the
+  per-replicate gradients from them (no second pass through the decoder); it
+  is tried before ``decoder_vjp`` (:class:`bench.models.MLPVAE` has one), and
+  ``NotImplemented`` declines it.
 
 The densities are evaluated here, through the public kernel API
 (:func:`kernels.bernoulli_log_prob`, :func:`kernels.normal_log_prob`,

@@ -27,6 +27,12 @@ batch, chunked over R to bound memory:
    cotangents, rep_dim) -> {name: [R, *param.shape]}`` (the optional hook of the
    model protocol, :mod:`estimators.base`; ``NotImplemented`` declines it); the
    vmapped ``vjp`` recomputes the decoder's forward to build the parameters' graph.
+   A model whose decoder parameters are all in linear layers can instead name
+   them (``model.decoder_layers()``, tried first): forward hooks record each
+   layer's input ``a`` and output while the objective runs, step 2 also takes
+   the cotangent ``c`` at every layer output, and the gradients are
+   ``dW_r = sum_n c_rn^T a_rn`` (one ``bmm``) and ``db_r = sum_n c_rn`` over
+   replicate r's rows (Goodfellow 2015), with no second pass through the decoder.
 
 Stateful control variates are frozen meanwhile (:meth:`Estimator.frozen`).
 """
@@ -59,14 +65,31 @@ class _Method(nn.Module):
 
 
 class _Recorder:
-    """Model stand-in whose ``decode`` records ``(z, outputs)``, the outputs made differentiable taps."""
+    """Model stand-in whose ``decode`` records ``(z, outputs, single, layer taps)``, the outputs made differentiable taps.
 
-    def __init__(self, dec_mod: _Method, params: dict[str, torch.Tensor], likelihood: str) -> None:
-        self.dec_mod, self.params, self.likelihood = dec_mod, params, likelihood
-        self.calls: list[tuple[torch.Tensor, list[torch.Tensor], bool]] = []
+    With ``layers`` (``model.decoder_layers()``, checked by :func:`_decoder_layers`)
+    a forward hook on each linear layer also records its input and output (the
+    layer taps, :func:`_layer_grads`) during the call.
+    """
+
+    def __init__(
+        self, dec_mod: _Method, params: dict[str, torch.Tensor], likelihood: str, layers: dict | None = None
+    ) -> None:
+        self.dec_mod, self.params, self.likelihood, self.layers = dec_mod, params, likelihood, layers
+        self.calls: list[tuple[torch.Tensor, list[torch.Tensor], bool, list | None]] = []
 
     def decode(self, z):
-        out = functional_call(self.dec_mod, self.params, (z,))  # detached parameters: graph through z only
+        layer_taps: list | None = None
+        handles = []
+        if self.layers is not None:
+            layer_taps = []
+            for name, m in self.layers.items():
+                handles.append(m.register_forward_hook(_tap_hook(name, layer_taps)))
+        try:
+            out = functional_call(self.dec_mod, self.params, (z,))  # detached parameters: graph through z only
+        finally:
+            for h in handles:
+                h.remove()
         single = isinstance(out, torch.Tensor)
         outs = (out,) if single else tuple(out)
         # The outputs themselves are the points whose gradients are taken (autograd.grad
@@ -75,8 +98,33 @@ class _Recorder:
         # zero probe instead would materialise every output (and the zeros) at full
         # size: a fifth of the ppca variance benchmark at S = 1000.
         taps = [o if o.requires_grad else o.detach().requires_grad_() for o in outs]
-        self.calls.append((z.detach(), taps, single))
+        if layer_taps is not None:
+            for name, a, va, o, vo in layer_taps:
+                if a._version != va or o._version != vo:
+                    raise RuntimeError(
+                        f"model.decoder_layers(): the input or output of layer {name!r} was modified in place "
+                        "during decode; per-sample gradients from layer taps need them unchanged "
+                        "(use out-of-place activations, or return NotImplemented from decoder_layers)"
+                    )
+        self.calls.append((z.detach(), taps, single, layer_taps))
         return taps[0] if single else tuple(taps)
+
+
+def _tap_hook(name: str, sink: list) -> Callable:
+    """A forward hook recording ``(name, input, its version, output, its version)`` of a linear layer.
+
+    An output that does not depend on z (the first layer under a score-function
+    estimator, whose z is detached) is replaced by a leaf, so the layers after it
+    build the graph that carries the cotangents back to it.
+    """
+
+    def hook(module, args, output):
+        a = args[0].detach()
+        out = output if output.requires_grad else output.detach().requires_grad_()
+        sink.append((name, a, a._version, out, out._version))
+        return out
+
+    return hook
 
 
 def check_seed(seed: object) -> int:
@@ -192,6 +240,9 @@ def per_sample_grads(
     n_params = sum(p.numel() for p in params.values())
     hook = getattr(model, "decoder_vjp", None)
     hook = hook if callable(hook) else None
+    layers = _decoder_layers(model, [n for n in dec_names if n not in enc_names] if dec_names != enc_names else [])
+    if layers is not None and any(n in enc_names for n in dec_names):
+        layers = None  # parameters shared by encoder and decoder: the generic path
     with torch.enable_grad(), est.frozen():
         (mu, logvar), enc_vjp = vjp(lambda p: tuple(functional_call(enc_mod, p, (x,))), enc_params)
         check_gaussian(mu, logvar, f"{type(model).__name__}.encode(x)")
@@ -206,24 +257,32 @@ def per_sample_grads(
             eps = _chunk_noise(est, num_samples, mu, rc, r0, seed)  # [S', rc, *mu.shape(, channels)]
             mu_r = mu.unsqueeze(0).expand(rc, *mu.shape).clone().requires_grad_(True)
             lv_r = logvar.unsqueeze(0).expand(rc, *logvar.shape).clone().requires_grad_(True)
-            rec = _Recorder(dec_mod, rec_params, model.likelihood)
+            rec = _Recorder(dec_mod, rec_params, model.likelihood, layers)
             surr, _ = est._vae_objective(rec, x, mu_r, lv_r, eps, kl)  # [rc, B]
             loss = -surr.mean(-1).sum()
-            taps = [p for _, ps, _ in rec.calls for p in ps]
-            grads = torch.autograd.grad(loss, [mu_r, lv_r, *taps], allow_unused=True)
+            taps = [p for _, ps, _, _ in rec.calls for p in ps]
+            lt = [t[3] for _, _, _, lts in rec.calls for t in (lts or ())]
+            grads = torch.autograd.grad(loss, [mu_r, lv_r, *taps, *lt], allow_unused=True)
+            layer_cots = list(grads[2 + len(taps) :])
             g_mu = torch.zeros_like(mu_r) if grads[0] is None else grads[0]
             g_lv = torch.zeros_like(lv_r) if grads[1] is None else grads[1]
             (enc,) = vmap(lambda a, b: enc_vjp((a, b)))(g_mu, g_lv)
             for name, g in enc.items():
                 out[name[2:]][r0:r1] += g
             i = 2
-            for z_in, ps, single in rec.calls:
+            for z_in, ps, single, lts in rec.calls:
                 cots = grads[i : i + len(ps)]
                 i += len(ps)
+                lcots = [layer_cots.pop(0) for _ in lts or ()]
+                rd = z_in.dim() - mu.dim() - 1  # position of the replicate dim: [..., R, B, Dz]
+                got = None if lts is None else _layer_grads(lts, lcots, z_in, rd, params)
+                if got is not None:
+                    for name, g in got.items():
+                        out[name][r0:r1] += g
+                    continue
                 if all(c is None for c in cots):
                     continue
                 cots = tuple(torch.zeros_like(p) if c is None else c for c, p in zip(cots, ps, strict=True))
-                rd = z_in.dim() - mu.dim() - 1  # position of the replicate dim: [..., R, B, Dz]
                 got = None if hook is None else _hook_vjp(hook, z_in, cots, single, rd, params, rc)
                 if got is not None:
                     for name, g in got.items():
@@ -231,6 +290,75 @@ def per_sample_grads(
                     continue
                 for name, g in _decoder_vjp(dec_mod, dec_params, z_in, cots, single, rd).items():
                     out[name[2:]][r0:r1] += g
+    return out
+
+
+def _decoder_layers(model: nn.Module, dec_names: list[str]) -> dict[str, nn.Linear] | None:
+    """``model.decoder_layers()`` checked against the decoder's parameters; None when absent or declined.
+
+    The hook of the model protocol (:mod:`estimators.base`) names linear layers
+    whose weights and biases are every trainable decoder parameter, each used
+    only through its layer's forward. ``dec_names``: the trainable parameters
+    only the decoder uses (empty when encoder and decoder are not split: the
+    hook is then not used).
+    """
+    fn = getattr(model, "decoder_layers", None)
+    if not callable(fn) or not dec_names:
+        return None
+    layers = fn()
+    if layers is NotImplemented:
+        return None
+    if not isinstance(layers, dict) or not all(
+        isinstance(k, str) and isinstance(m, nn.Linear) for k, m in layers.items()
+    ):
+        raise TypeError(
+            "model.decoder_layers() must return a dict submodule name -> nn.Linear, or NotImplemented; "
+            f"got {type(layers).__name__} {layers!r:.200}"
+        )
+    for name, m in layers.items():
+        try:
+            found = model.get_submodule(name)
+        except AttributeError:
+            found = None
+        if found is not m:
+            raise ValueError(f"model.decoder_layers(): {name!r} is not the name of that layer in the model")
+    covered = {f"{k}.{p}" for k, m in layers.items() for p in ("weight", "bias") if getattr(m, p) is not None}
+    missing = [n for n in dec_names if n not in covered]
+    if missing:
+        raise ValueError(
+            f"model.decoder_layers() must cover every trainable decoder parameter; {missing} are not "
+            f"weights or biases of the layers it returned ({sorted(layers)})"
+        )
+    return layers
+
+
+def _layer_grads(lts, lcots, z_in, rd, params) -> dict[str, torch.Tensor] | None:
+    """Per-replicate gradients of linear layers from their taps: ``dW_r = sum_n c_rn^T a_rn``, ``db_r = sum_n c_rn``.
+
+    ``lts``: ``(name, input a, _, output, _)`` per layer call (:func:`_tap_hook`);
+    ``lcots``: the loss's cotangent at each output (None: the output does not
+    reach the loss). Rows ``n`` are all of a replicate's elements, the replicate
+    being dim ``rd`` of ``z_in`` (Goodfellow 2015, "Efficient per-example gradient
+    computations", arXiv:1510.01799). A layer called several times adds up. None
+    when a layer's leading dims are not z's (a decoder that reshapes: the
+    replicate dim is not known there), so the caller takes the generic path.
+    """
+    lead = z_in.shape[:-1]
+    if any(a.shape[:-1] != lead or o.shape[:-1] != lead for _, a, _, o, _ in lts):
+        return None
+    R = lead[rd]
+    out: dict[str, torch.Tensor] = {}
+    for (name, a, _, o, _), c in zip(lts, lcots, strict=True):
+        if c is None:
+            continue
+        c = c.movedim(rd, 0).reshape(R, -1, o.shape[-1])  # [R, N, out]
+        w, b = f"{name}.weight", f"{name}.bias"
+        if w in params:
+            g = torch.bmm(c.transpose(1, 2), a.movedim(rd, 0).reshape(R, -1, a.shape[-1]))
+            out[w] = out[w] + g if w in out else g
+        if b in params:
+            g = c.sum(1)
+            out[b] = out[b] + g if b in out else g
     return out
 
 
