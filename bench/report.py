@@ -279,7 +279,14 @@ def build_report(
             "train",
             "ELBO convergence",
             rf.train_figures(df, runs, fig_dir, svg),
-            [("Convergence table", ct, prov, "convergence_table.csv")],
+            [
+                (
+                    "Convergence table",
+                    ct,
+                    f"{CONVERGENCE_NOTE} {prov}" if "examples/s" in ct else prov,
+                    "convergence_table.csv",
+                )
+            ],
         )
     )
     images = load_image_arrays(this.path)
@@ -357,6 +364,15 @@ def build_report(
         p.write_text(_render_md(meta, sections, out), encoding="utf-8")
         written.append(p)
     return written[0]
+
+
+#: The convergence table's examples/s come from whole training runs taken one after
+#: another, not from the lockstep comparison of the Speed section.
+CONVERGENCE_NOTE = (
+    "examples/s: batch size over each run's median step time. The runs ran one after another, and whole "
+    "runs of one configuration differed by up to 30% on a shared 2-core machine, so compare backends' "
+    "speed in the Speed section, where their steps are timed interleaved, not here."
+)
 
 
 def _changed(table, threshold: float, what: str, csv_name: str):

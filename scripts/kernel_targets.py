@@ -59,6 +59,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _free_path(out: Path) -> Path:
+    """``out/run-<k>.csv`` for the smallest k not taken (a run deleted by hand leaves a gap)."""
+    k = 0
+    while (out / f"run-{k}.csv").exists():
+        k += 1
+    return out / f"run-{k}.csv"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out: Path = args.out
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     while not args.evaluate and k < args.runs:
         t0 = time.perf_counter()
         df = kernel_speed(sizes=SIZES, passes=("forward", "backward", "forward_backward"), repeats=args.repeats)
-        path = out / f"run-{k}.csv"
+        path = _free_path(out)
         df.to_csv(path.with_suffix(".tmp"), index=False)
         path.with_suffix(".tmp").replace(path)  # a run is there whole or not at all
         k += 1

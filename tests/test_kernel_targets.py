@@ -145,6 +145,18 @@ def test_script_resume_runs_only_the_missing_runs(script, tmp_path, monkeypatch)
     assert sorted(p.name for p in tmp_path.glob("run-*.csv")) == ["run-0.csv", "run-1.csv", "run-2.csv"]
 
 
+def test_script_resume_fills_a_gap_without_overwriting(script, tmp_path, monkeypatch):
+    _write_runs(tmp_path, 3)
+    (tmp_path / "run-0.csv").unlink()  # a run thrown away by hand
+    kept = (tmp_path / "run-2.csv").read_text()
+    fresh = _run({FWD: {"torch": 20.0, "torch_compile": 8.0, "numba": 2.0}}, {"4096x1024": 20.0})
+    monkeypatch.setattr(script, "kernel_speed", lambda **kw: fresh)
+    assert script.main(["--out", str(tmp_path), "--runs", "3", "--resume"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("run-*.csv")) == ["run-0.csv", "run-1.csv", "run-2.csv"]
+    assert (tmp_path / "run-2.csv").read_text() == kept
+    assert pd.read_csv(tmp_path / "run-0.csv")["value"].tolist() == fresh["value"].tolist()
+
+
 def test_script_refuses_to_mix_with_old_runs(script, tmp_path, capsys):
     _write_runs(tmp_path, 1)
     assert script.main(["--out", str(tmp_path)]) == 2

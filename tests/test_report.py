@@ -149,6 +149,15 @@ def test_markdown_references_only_existing_files_and_states_provenance(report):
         assert "Fixture CPU" in block and "torch 2" in block and "elbobench run --quick" in block, title
 
 
+def test_convergence_table_says_where_to_compare_speed(report):
+    # its examples/s come from runs taken one after another: the caption points to the interleaved Speed section
+    md = (report["new"] / "report.md").read_text()
+    block = md.split("### Convergence table", 1)[1].split("###", 1)[0]
+    assert "examples/s" in block and "one after another" in block and "Speed section" in block
+    html = report["html"].read_text(encoding="utf-8")
+    assert "timed interleaved, not here" in html
+
+
 def test_tables_are_written_as_csv(report):
     tables = report["new"] / "tables"
     conv = pd.read_csv(tables / "convergence_table.csv")
