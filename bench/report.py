@@ -228,6 +228,7 @@ def build_report(
 
     from bench import report_figures as rf
     from bench import report_tables as rt
+    from bench.train import EXAMPLES_PER_S_NOTE
 
     formats = _parse_formats(formats)
     if not (isinstance(threshold, int | float) and math.isfinite(threshold) and threshold >= 0):
@@ -283,7 +284,7 @@ def build_report(
                 (
                     "Convergence table",
                     ct,
-                    f"{CONVERGENCE_NOTE} {prov}" if "examples/s" in ct else prov,
+                    f"{EXAMPLES_PER_S_NOTE} {prov}" if "examples/s" in ct else prov,
                     "convergence_table.csv",
                 )
             ],
@@ -364,15 +365,6 @@ def build_report(
         p.write_text(_render_md(meta, sections, out), encoding="utf-8")
         written.append(p)
     return written[0]
-
-
-#: The convergence table's examples/s come from whole training runs taken one after
-#: another, not from the lockstep comparison of the Speed section.
-CONVERGENCE_NOTE = (
-    "examples/s: batch size over each run's median step time. The runs ran one after another, and whole "
-    "runs of one configuration differed by up to 30% on a shared 2-core machine, so compare backends' "
-    "speed in the Speed section, where their steps are timed interleaved, not here."
-)
 
 
 def _changed(table, threshold: float, what: str, csv_name: str):

@@ -648,6 +648,14 @@ def train_benchmark(
     return to_frame(rows)
 
 
+#: What the examples/s of a training table are, and where to compare backends' speed instead.
+EXAMPLES_PER_S_NOTE = (
+    "examples/s: batch size over each run's median step time. The runs ran one after another, and whole "
+    "runs of one configuration differed by up to 30% on a shared 2-core machine, so compare backends' "
+    "speed in the Speed section, where their steps are timed interleaved, not here."
+)
+
+
 def summary(df: pd.DataFrame) -> str:
     """One-screen table: final val ELBO, test log-likelihood (se), examples/s per configuration."""
     if df.empty:
@@ -661,7 +669,10 @@ def summary(df: pd.DataFrame) -> str:
         "examples/s": df[df.metric == "examples_per_s"].groupby(keys)["value"].mean(),
     }
     table = pd.DataFrame(piv)
-    return table.to_string(float_format=lambda v: f"{v:,.2f}")
+    text = table.to_string(float_format=lambda v: f"{v:,.2f}")
+    if df["backend"].nunique() > 1:
+        text += "\n" + EXAMPLES_PER_S_NOTE.replace("Speed section", "throughput table")
+    return text
 
 
 # --------------------------------------------------------------------------- CLI

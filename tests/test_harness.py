@@ -419,3 +419,17 @@ def test_estimator_speed_rows_per_backend_and_resume(tmp_path):
     n = len(read_results(tmp_path))
     again = S.estimator_speed(backends=backends, batch_sizes=[8], repeats=3, profile=False, writer=writer)
     assert again.empty and len(read_results(tmp_path)) == n  # every configuration done: nothing re-timed
+
+
+def test_training_summary_says_its_examples_per_s_are_not_a_backend_comparison():
+    def rows(backends):
+        out = []
+        for b in backends:
+            for metric, v in (("val_elbo", -25.0), ("examples_per_s", 1e4), ("test_ll", -24.0), ("test_ll_se", 0.3)):
+                out.append(dict(problem="digits", estimator="reparam", control_variate="none", backend=b, seed=0,
+                                metric=metric, step=300, value=v))  # fmt: skip
+        return pd.DataFrame(out)
+
+    two = T.summary(rows(["numba", "torch"]))
+    assert "one after another" in two and "throughput table" in two and "interleaved" in two
+    assert "one after another" not in T.summary(rows(["torch"]))
