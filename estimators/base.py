@@ -32,8 +32,9 @@ graphs"; the form of pyro's ``trace_elbo``). See :meth:`Estimator.surrogate`.
   one); a hook that returns ``NotImplemented`` declines, and the vmap runs;
 * optionally ``model.decoder_layers() -> {submodule name: nn.Linear}``: linear
   layers whose weights and biases are every trainable decoder parameter, each
-  used only through its layer's forward over the last dim, with inputs and
-  outputs not modified in place. :func:`estimators.per_sample_grads` then
+  used only through its layer's forward over the last dim, on inputs whose
+  leading dims are z's in z's order (no reshape or permute of them inside
+  ``decode``), with inputs and outputs not modified in place. :func:`estimators.per_sample_grads` then
   records each layer's input and output while the objective runs, takes the
   cotangents at the outputs in its one backward pass and forms the
   per-replicate gradients from them (no second pass through the decoder); it

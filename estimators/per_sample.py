@@ -39,7 +39,9 @@ Stateful control variates are frozen meanwhile (:meth:`Estimator.frozen`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -83,8 +85,9 @@ class _Recorder:
         handles = []
         if self.layers is not None:
             layer_taps = []
-            for name, m in self.layers.items():
-                handles.append(m.register_forward_hook(_tap_hook(name, layer_taps)))
+            for name, layer in self.layers.items():
+                hook = _tap_hook(name, layer, layer_taps)
+                handles.append(layer.module.register_forward_hook(hook, with_kwargs=True))
         try:
             out = functional_call(self.dec_mod, self.params, (z,))  # detached parameters: graph through z only
         finally:
@@ -99,10 +102,10 @@ class _Recorder:
         # size: a fifth of the ppca variance benchmark at S = 1000.
         taps = [o if o.requires_grad else o.detach().requires_grad_() for o in outs]
         if layer_taps is not None:
-            for name, a, va, o, vo in layer_taps:
-                if a._version != va or o._version != vo:
+            for t in layer_taps:
+                if t.a._version != t.a_version or t.out._version != t.out_version:
                     raise RuntimeError(
-                        f"model.decoder_layers(): the input or output of layer {name!r} was modified in place "
+                        f"model.decoder_layers(): the input or output of layer {t.name!r} was modified in place "
                         "during decode; per-sample gradients from layer taps need them unchanged "
                         "(use out-of-place activations, or return NotImplemented from decoder_layers)"
                     )
@@ -110,18 +113,41 @@ class _Recorder:
         return taps[0] if single else tuple(taps)
 
 
-def _tap_hook(name: str, sink: list) -> Callable:
-    """A forward hook recording ``(name, input, its version, output, its version)`` of a linear layer.
+class _Layer(NamedTuple):
+    """A layer of ``model.decoder_layers()``: the module and the names its trainable weight and bias go by (or None)."""
+
+    module: nn.Linear
+    weight: str | None
+    bias: str | None
+
+
+class _Tap(NamedTuple):
+    """One call of a tapped layer: its input ``a`` and output, their versions then, and the layer's names."""
+
+    name: str
+    weight: str | None
+    bias: str | None
+    a: torch.Tensor
+    a_version: int
+    out: torch.Tensor
+    out_version: int
+
+
+def _tap_hook(name: str, layer: _Layer, sink: list) -> Callable:
+    """A forward hook (``with_kwargs``) recording a :class:`_Tap` per call of a linear layer.
 
     An output that does not depend on z (the first layer under a score-function
     estimator, whose z is detached) is replaced by a leaf, so the layers after it
     build the graph that carries the cotangents back to it.
     """
 
-    def hook(module, args, output):
-        a = args[0].detach()
+    def hook(module, args, kwargs, output):
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"model.decoder_layers(): layer {name!r} was called without an input tensor")
+        a = x.detach()
         out = output if output.requires_grad else output.detach().requires_grad_()
-        sink.append((name, a, a._version, out, out._version))
+        sink.append(_Tap(name, layer.weight, layer.bias, a, a._version, out, out._version))
         return out
 
     return hook
@@ -177,15 +203,43 @@ def _chunk_noise(est: Estimator, num_samples: int, mu: torch.Tensor, rc: int, r0
     return kernels.normal_noise_blocks(rc, shape, seed=seed, first=r0, device=mu.device, dtype=mu.dtype)
 
 
+@contextlib.contextmanager
+def _parameters_kept(model: nn.Module) -> Iterator[None]:
+    """Put every module's own parameters back as they were on exit.
+
+    ``torch.func.functional_call`` swaps a model's parameters and restores them,
+    but a module reachable by two paths (one layer in both the encoder and the
+    decoder) is swapped twice and comes back holding the swapped-in tensor
+    instead of its ``nn.Parameter`` (seen with torch 2.13): the model would
+    silently stop training that layer.
+    """
+    saved = [(m, dict(m._parameters)) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, params in saved:
+            for k, v in params.items():
+                if m._parameters.get(k) is not v:
+                    m._parameters[k] = v
+
+
 def _param_groups(model: nn.Module) -> tuple[list[str], list[str]]:
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    if isinstance(getattr(model, "encoder", None), nn.Module) and isinstance(
-        getattr(model, "decoder", None), nn.Module
-    ):
-        enc = [n for n in names if n.startswith("encoder.")]
-        dec = [n for n in names if n.startswith("decoder.")]
-        rest = [n for n in names if n not in enc and n not in dec]
+    """``(encoder's, decoder's)`` trainable parameter names; a parameter of both, or of neither, is in both.
+
+    Membership is by identity (``model.encoder.parameters()``), not by name: a
+    module placed in both the encoder and the decoder is listed once by
+    ``named_parameters``, under one prefix, yet both use it.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    enc_mod, dec_mod = getattr(model, "encoder", None), getattr(model, "decoder", None)
+    if isinstance(enc_mod, nn.Module) and isinstance(dec_mod, nn.Module):
+        in_enc = {id(p) for p in enc_mod.parameters()}
+        in_dec = {id(p) for p in dec_mod.parameters()}
+        enc = [n for n, p in named if id(p) in in_enc and id(p) not in in_dec]
+        dec = [n for n, p in named if id(p) in in_dec and id(p) not in in_enc]
+        rest = [n for n, _ in named if n not in enc and n not in dec]
         return enc + rest, dec + rest
+    names = [n for n, _ in named]
     return names, names
 
 
@@ -240,10 +294,10 @@ def per_sample_grads(
     n_params = sum(p.numel() for p in params.values())
     hook = getattr(model, "decoder_vjp", None)
     hook = hook if callable(hook) else None
-    layers = _decoder_layers(model, [n for n in dec_names if n not in enc_names] if dec_names != enc_names else [])
-    if layers is not None and any(n in enc_names for n in dec_names):
-        layers = None  # parameters shared by encoder and decoder: the generic path
-    with torch.enable_grad(), est.frozen():
+    dec_only = [n for n in dec_names if n not in enc_names]
+    # layer taps need a split model whose decoder parameters are the decoder's alone
+    layers = _decoder_layers(model, dec_only) if dec_only and len(dec_only) == len(dec_names) else None
+    with torch.enable_grad(), est.frozen(), _parameters_kept(model):
         (mu, logvar), enc_vjp = vjp(lambda p: tuple(functional_call(enc_mod, p, (x,))), enc_params)
         check_gaussian(mu, logvar, f"{type(model).__name__}.encode(x)")
         mu, logvar = mu.detach(), logvar.detach()
@@ -261,7 +315,7 @@ def per_sample_grads(
             surr, _ = est._vae_objective(rec, x, mu_r, lv_r, eps, kl)  # [rc, B]
             loss = -surr.mean(-1).sum()
             taps = [p for _, ps, _, _ in rec.calls for p in ps]
-            lt = [t[3] for _, _, _, lts in rec.calls for t in (lts or ())]
+            lt = [t.out for _, _, _, lts in rec.calls for t in (lts or ())]
             grads = torch.autograd.grad(loss, [mu_r, lv_r, *taps, *lt], allow_unused=True)
             layer_cots = list(grads[2 + len(taps) :])
             g_mu = torch.zeros_like(mu_r) if grads[0] is None else grads[0]
@@ -275,7 +329,7 @@ def per_sample_grads(
                 i += len(ps)
                 lcots = [layer_cots.pop(0) for _ in lts or ()]
                 rd = z_in.dim() - mu.dim() - 1  # position of the replicate dim: [..., R, B, Dz]
-                got = None if lts is None else _layer_grads(lts, lcots, z_in, rd, params)
+                got = None if lts is None else _layer_grads(lts, lcots, z_in, rd)
                 if got is not None:
                     for name, g in got.items():
                         out[name][r0:r1] += g
@@ -293,14 +347,14 @@ def per_sample_grads(
     return out
 
 
-def _decoder_layers(model: nn.Module, dec_names: list[str]) -> dict[str, nn.Linear] | None:
+def _decoder_layers(model: nn.Module, dec_names: list[str]) -> dict[str, _Layer] | None:
     """``model.decoder_layers()`` checked against the decoder's parameters; None when absent or declined.
 
     The hook of the model protocol (:mod:`estimators.base`) names linear layers
     whose weights and biases are every trainable decoder parameter, each used
     only through its layer's forward. ``dec_names``: the trainable parameters
-    only the decoder uses (empty when encoder and decoder are not split: the
-    hook is then not used).
+    only the decoder uses. A parameter is known by the name ``named_parameters``
+    gives it, found by identity, so weights tied across layers add up under one name.
     """
     fn = getattr(model, "decoder_layers", None)
     if not callable(fn) or not dec_names:
@@ -315,6 +369,8 @@ def _decoder_layers(model: nn.Module, dec_names: list[str]) -> dict[str, nn.Line
             "model.decoder_layers() must return a dict submodule name -> nn.Linear, or NotImplemented; "
             f"got {type(layers).__name__} {layers!r:.200}"
         )
+    canon = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+    out: dict[str, _Layer] = {}
     for name, m in layers.items():
         try:
             found = model.get_submodule(name)
@@ -322,43 +378,47 @@ def _decoder_layers(model: nn.Module, dec_names: list[str]) -> dict[str, nn.Line
             found = None
         if found is not m:
             raise ValueError(f"model.decoder_layers(): {name!r} is not the name of that layer in the model")
-    covered = {f"{k}.{p}" for k, m in layers.items() for p in ("weight", "bias") if getattr(m, p) is not None}
+        out[name] = _Layer(m, canon.get(id(m.weight)), None if m.bias is None else canon.get(id(m.bias)))
+    covered = {n for layer in out.values() for n in (layer.weight, layer.bias) if n is not None}
     missing = [n for n in dec_names if n not in covered]
     if missing:
         raise ValueError(
             f"model.decoder_layers() must cover every trainable decoder parameter; {missing} are not "
             f"weights or biases of the layers it returned ({sorted(layers)})"
         )
-    return layers
+    return out
 
 
-def _layer_grads(lts, lcots, z_in, rd, params) -> dict[str, torch.Tensor] | None:
+def _layer_grads(lts, lcots, z_in, rd) -> dict[str, torch.Tensor] | None:
     """Per-replicate gradients of linear layers from their taps: ``dW_r = sum_n c_rn^T a_rn``, ``db_r = sum_n c_rn``.
 
-    ``lts``: ``(name, input a, _, output, _)`` per layer call (:func:`_tap_hook`);
-    ``lcots``: the loss's cotangent at each output (None: the output does not
-    reach the loss). Rows ``n`` are all of a replicate's elements, the replicate
-    being dim ``rd`` of ``z_in`` (Goodfellow 2015, "Efficient per-example gradient
-    computations", arXiv:1510.01799). A layer called several times adds up. None
-    when a layer's leading dims are not z's (a decoder that reshapes: the
-    replicate dim is not known there), so the caller takes the generic path.
+    ``lts``: the :class:`_Tap` of every layer call; ``lcots``: the loss's
+    cotangent at each output (None: the output does not reach the loss). Rows
+    ``n`` are all of a replicate's elements, the replicate being dim ``rd`` of
+    ``z_in`` (Goodfellow 2015, "Efficient per-example gradient computations",
+    arXiv:1510.01799). Calls of one layer, and layers sharing a weight, add up.
+    None when a layer's leading dims are not z's sizes (a decoder that reshapes:
+    the replicate dim is not known there), so the caller takes the generic path;
+    that the dims are z's in z's order is the hook's promise (a decoder that
+    permutes equal-sized leading dims is not detected).
     """
     lead = z_in.shape[:-1]
-    if any(a.shape[:-1] != lead or o.shape[:-1] != lead for _, a, _, o, _ in lts):
+    if any(t.a.shape[:-1] != lead or t.out.shape[:-1] != lead for t in lts):
         return None
     R = lead[rd]
     out: dict[str, torch.Tensor] = {}
-    for (name, a, _, o, _), c in zip(lts, lcots, strict=True):
+
+    def add(name, g):
+        out[name] = out[name] + g if name in out else g
+
+    for t, c in zip(lts, lcots, strict=True):
         if c is None:
             continue
-        c = c.movedim(rd, 0).reshape(R, -1, o.shape[-1])  # [R, N, out]
-        w, b = f"{name}.weight", f"{name}.bias"
-        if w in params:
-            g = torch.bmm(c.transpose(1, 2), a.movedim(rd, 0).reshape(R, -1, a.shape[-1]))
-            out[w] = out[w] + g if w in out else g
-        if b in params:
-            g = c.sum(1)
-            out[b] = out[b] + g if b in out else g
+        c = c.movedim(rd, 0).reshape(R, -1, t.out.shape[-1])  # [R, N, out]
+        if t.weight is not None:
+            add(t.weight, torch.bmm(c.transpose(1, 2), t.a.movedim(rd, 0).reshape(R, -1, t.a.shape[-1])))
+        if t.bias is not None:
+            add(t.bias, c.sum(1))
     return out
 
 

@@ -31,7 +31,8 @@ def _mlp(activation="tanh", seed=0):
 
 
 def _x(seed=1, n=5):
-    return torch.rand((n, 12), generator=torch.Generator().manual_seed(seed), dtype=torch.float64).bernoulli()
+    gen = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.rand((n, 12), generator=gen, dtype=torch.float64), generator=gen)
 
 
 def _est(name):
@@ -76,16 +77,62 @@ def test_every_activation(activation, name, layer_calls):
     assert all(layer_calls)
 
 
+@pytest.mark.parametrize("cv", ["none", "moving_average", "leave_one_out", "optimal", "delta", "learned"])
+def test_every_control_variate(cv, layer_calls):
+    est = estimators.get("score_function", control_variate=None if cv == "none" else cv)
+    _compare(_mlp(), est, _x(8), S=3 if cv in ("leave_one_out", "optimal") else 1, msg=cv)
+    assert layer_calls and all(layer_calls)
+
+
+def test_measure_valued(layer_calls):
+    _compare(_mlp(), _est("measure_valued"), _x(9), S=1)
+    assert layer_calls and all(layer_calls)
+
+
+@pytest.mark.parametrize("name", ["reparam", "score_function"])
+def test_the_monte_carlo_kl(name, layer_calls):
+    batched = estimators.per_sample_grads(_est(name), _mlp(), _x(10), 5, num_samples=2, seed=2, kl="mc")
+    loop = estimators.per_sample_grads_loop(_est(name), _mlp(), _x(10), 5, num_samples=2, seed=2, kl="mc")
+    for pname in loop:
+        torch.testing.assert_close(batched[pname], loop[pname], **TOL, msg=pname)
+    assert layer_calls and all(layer_calls)
+
+
+def test_float32(layer_calls):
+    model = _mlp().float()
+    x = _x(11).float()
+    batched = estimators.per_sample_grads(_est("iwae"), model, x, 5, num_samples=3, seed=3)
+    loop = estimators.per_sample_grads_loop(_est("iwae"), model, x, 5, num_samples=3, seed=3)
+    for pname in loop:
+        assert batched[pname].dtype == torch.float32
+        torch.testing.assert_close(batched[pname], loop[pname], msg=pname)  # float32 defaults: rtol 1.3e-6, atol 1e-5
+    assert layer_calls and all(layer_calls)
+
+
 def test_a_frozen_layer_gets_no_gradient(layer_calls):
     model = _mlp()
     model.decoder[2].weight.requires_grad_(False)
     got = _compare(model, _est("iwae"), _x(3))
     assert "decoder.2.weight" not in got and "decoder.2.bias" in got
+    assert layer_calls and all(layer_calls)
+
+
+def test_weights_tied_across_layers_add_up(layer_calls):
+    torch.manual_seed(0)
+    model = models.MLPVAE(12, 3, hidden=(7, 7, 7)).to(torch.float64)
+    model.decoder[4].weight = model.decoder[2].weight  # named_parameters lists it once, as decoder.2.weight
+    got = _compare(model, _est("iwae"), _x(12))
+    assert "decoder.2.weight" in got and "decoder.4.weight" not in got
+    assert layer_calls and all(layer_calls)
 
 
 def test_the_same_rows_as_the_vjp_hook_and_the_generic_path(monkeypatch):
     model, x, est = _mlp(), _x(4), _est("vimco")
+    ran = []
+    real = per_sample._layer_grads
+    monkeypatch.setattr(per_sample, "_layer_grads", lambda *a: ran.append(1) or real(*a))
     taps = estimators.per_sample_grads(est, model, x, 6, num_samples=4, seed=8, chunk_size=4)
+    assert ran, "the layer taps did not run"
     monkeypatch.setattr(models.MLPVAE, "decoder_layers", lambda self: NotImplemented)
     hook = estimators.per_sample_grads(est, model, x, 6, num_samples=4, seed=8, chunk_size=4)
     monkeypatch.setattr(models.MLPVAE, "decoder_vjp", None)
@@ -123,6 +170,8 @@ class _Custom(nn.Module):
             h = torch.tanh(self.decoder[1](h.reshape(-1, 7))).reshape(*lead, 7)
         elif self.mode == "inplace":
             h = torch.relu_(self.decoder[1](h))
+        elif self.mode == "kwargs":
+            h = torch.tanh(self.decoder[1](input=h))
         else:
             h = torch.tanh(self.decoder[1](h))
         return self.decoder[2](h)
@@ -134,6 +183,58 @@ class _Custom(nn.Module):
         if self._layers is not None:
             return self._layers(self)
         return {f"decoder.{i}": m for i, m in enumerate(self.decoder)}
+
+
+class _GaussianDecoder(_Custom):
+    """Two linear heads: decode returns (mean, logvar) of a Gaussian likelihood."""
+
+    likelihood = "gaussian"
+
+    def __init__(self):
+        super().__init__()
+        self.decoder.append(nn.Linear(7, 12, dtype=torch.float64))
+
+    def decode(self, z):
+        h = torch.tanh(self.decoder[1](torch.tanh(self.decoder[0](z))))
+        return self.decoder[2](h), 0.1 * self.decoder[3](h)
+
+
+class _SharedLayer(_Custom):
+    """The encoder's first layer is also the decoder's middle layer (listed once, as encoder.0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Linear(7, 7, dtype=torch.float64), nn.Tanh(), nn.Linear(7, 6, dtype=torch.float64)
+        )
+        self.decoder[1] = self.encoder[0]
+        self.pre = nn.Linear(12, 7, dtype=torch.float64)
+
+    def encode(self, x):
+        h = self.encoder(torch.tanh(self.pre(x)))
+        return h[..., :3], h[..., 3:]
+
+
+def test_a_gaussian_decoder_with_two_heads(layer_calls):
+    x = torch.randn((5, 12), generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    _compare(_GaussianDecoder(), _est("iwae"), x)
+    assert layer_calls and all(layer_calls)
+
+
+def test_a_layer_called_by_keyword(layer_calls):
+    _compare(_Custom("kwargs"), _est("stl"), _x(14), S=2)
+    assert layer_calls and all(layer_calls)
+
+
+def test_a_layer_shared_with_the_encoder_gets_both_gradients(layer_calls):
+    # the shared weight is in both groups, so the layer taps stand aside and both VJPs add to it
+    model = _SharedLayer()
+    weight = model.encoder[0].weight
+    got = _compare(model, _est("reparam"), _x(15), S=2)  # the loop runs after the batched call, on the same model
+    assert "encoder.0.weight" in got and not layer_calls
+    # functional_call swaps a module reachable by two paths twice; the model must come back with its parameters
+    assert model.encoder[0].weight is weight and model.decoder[1].weight is weight
+    assert isinstance(weight, nn.Parameter) and {id(p) for p in model.parameters()} >= {id(weight)}
 
 
 def test_a_layer_called_twice_adds_up(layer_calls):
