@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 import kernels
+from bench.report_tables import size_numel
 from bench.results import make_result
 from kernels import reference as ref
 
@@ -492,10 +493,6 @@ ISSUE2_TARGETS: tuple[Target, ...] = (
 )  # fmt: skip
 
 
-def _elements(size: str) -> int:
-    return math.prod(int(v) for v in str(size).split("x"))
-
-
 def targets(runs: Sequence[pd.DataFrame], goals: Sequence[Target] = ISSUE2_TARGETS) -> pd.DataFrame:
     """Evaluate speed targets over one or more runs of :func:`kernel_speed`.
 
@@ -524,7 +521,7 @@ def targets(runs: Sequence[pd.DataFrame], goals: Sequence[Target] = ISSUE2_TARGE
         sel = allruns[allruns["op"].isin(goal.ops) & allruns["pass"].isin(goal.passes)]
         if goal.sizes is not None:
             sel = sel[sel["size"].isin(goal.sizes)]
-        sel = sel[sel["size"].map(_elements) >= goal.min_elements]
+        sel = sel[sel["size"].map(size_numel) >= goal.min_elements]
         row = {"target": goal.name, "threshold": goal.threshold, "cell": None, "median": math.nan, "runs": [],
                "met": None, "runs_met": f"0/{len(runs)}", "cells": 0}  # fmt: skip
         if goal.column in sel and sel[goal.column].notna().any():

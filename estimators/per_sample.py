@@ -317,7 +317,7 @@ def per_sample_grads(
             taps = [p for _, ps, _, _ in rec.calls for p in ps]
             lt = [t.out for _, _, _, lts in rec.calls for t in (lts or ())]
             grads = torch.autograd.grad(loss, [mu_r, lv_r, *taps, *lt], allow_unused=True)
-            layer_cots = list(grads[2 + len(taps) :])
+            layer_cots = iter(grads[2 + len(taps) :])
             g_mu = torch.zeros_like(mu_r) if grads[0] is None else grads[0]
             g_lv = torch.zeros_like(lv_r) if grads[1] is None else grads[1]
             (enc,) = vmap(lambda a, b: enc_vjp((a, b)))(g_mu, g_lv)
@@ -327,7 +327,7 @@ def per_sample_grads(
             for z_in, ps, single, lts in rec.calls:
                 cots = grads[i : i + len(ps)]
                 i += len(ps)
-                lcots = [layer_cots.pop(0) for _ in lts or ()]
+                lcots = [next(layer_cots) for _ in lts or ()]
                 rd = z_in.dim() - mu.dim() - 1  # position of the replicate dim: [..., R, B, Dz]
                 got = None if lts is None else _layer_grads(lts, lcots, z_in, rd)
                 if got is not None:

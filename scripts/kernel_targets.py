@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from bench.kernel_speed import ISSUE2_TARGETS, kernel_speed, summary, targets
+from bench.options import positive_int
 
 SIZES = ((1024, 256), (4096, 1024), (16384, 1024))
 
@@ -33,16 +34,6 @@ EXAMPLES = """examples:
 """
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="kernel_targets.py",
@@ -50,8 +41,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--runs", type=_positive, default=3, help="how many runs (default 3)")
-    p.add_argument("--repeats", type=_positive, default=15, help="timed calls per cell and run (default 15)")
+    p.add_argument("--runs", type=positive_int, default=3, help="how many runs (default 3)")
+    p.add_argument("--repeats", type=positive_int, default=15, help="timed calls per cell and run (default 15)")
     p.add_argument("--out", type=Path, default=Path("reports/kernel_targets"), help="directory of the run CSVs")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep the runs already in --out, run the rest")
