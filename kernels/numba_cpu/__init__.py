@@ -8,7 +8,10 @@ One module per op family, each holding its kernels, launchers and
 * :mod:`.logprob` -- ``normal_log_prob``, ``bernoulli_log_prob``;
 * :mod:`._math` -- vectorizable exp/log/log1p/softplus/sigmoid (pip's llvmlite
   has no SVML, so ``np.exp`` in a loop would not vectorize);
-* noise comes from :mod:`kernels.philox` (the same stream as every backend).
+* noise comes from :mod:`kernels.philox` (the same stream as every backend);
+* :mod:`._pool` -- new outputs of at least 128 KiB come from a reuse pool
+  (``release_buffers()``, ``buffer_pool_info()``; ``ELBOBENCH_NUMBA_POOL_MB``
+  caps it, 0 turns it off), which saves the page faults of fresh memory.
 
 Inputs arrive validated and broadcast by :mod:`kernels`. Zero-copy between
 torch and numpy; broadcast and strided inputs are read in place (:mod:`._layout`;
@@ -29,6 +32,8 @@ CACHE_DIR = _numba_cache.configure()  # before any @njit(cache=True) below is de
 import numba  # noqa: E402
 
 from ._common import noise  # noqa: E402
+from ._pool import info as buffer_pool_info  # noqa: E402
+from ._pool import release as release_buffers  # noqa: E402
 from .gaussian import normal_kl_std, normal_rsample, normal_rsample_kl  # noqa: E402
 from .logprob import bernoulli_log_prob, normal_log_prob  # noqa: E402
 
@@ -36,12 +41,14 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "availability",
     "bernoulli_log_prob",
+    "buffer_pool_info",
     "describe",
     "normal_kl_std",
     "normal_log_prob",
     "normal_noise",
     "normal_rsample",
     "normal_rsample_kl",
+    "release_buffers",
 ]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -61,7 +68,12 @@ def availability(device: str) -> str | None:
 
 def describe(device: str = "cpu") -> str:
     """One line for ``elbobench backends``: version, threads, cache location."""
-    return f"numba {numba.__version__}, {numba.get_num_threads()} threads, layer {numba.config.THREADING_LAYER}, cache at {CACHE_DIR}"
+    pool = buffer_pool_info()
+    cap = f"output pool up to {pool['cap_bytes'] >> 20} MiB" if pool["enabled"] else "output pool off"
+    return (
+        f"numba {numba.__version__}, {numba.get_num_threads()} threads, layer {numba.config.THREADING_LAYER}, "
+        f"{cap}, cache at {CACHE_DIR}"
+    )
 
 
 def normal_noise(shape, seed, device, dtype):

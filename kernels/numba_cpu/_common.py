@@ -21,6 +21,7 @@ from torch._functorch.utils import unwrap_dead_wrappers
 from ..philox import _fill_normal_parallel, _fill_normal_serial, split_seed
 from ._flags import PARALLEL_MIN_ELEMENTS, PRECOMPUTE_MIN_ELEMENTS, PRECOMPUTE_RATIO, REDUCE_TASKS
 from ._math import map_exp_scaled
+from ._pool import POOL
 
 _ZERO_KEY = (np.uint64(0), np.uint64(0))
 
@@ -41,11 +42,16 @@ _NP_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
 def output(shape, dtype: torch.dtype, given: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
-    """``(tensor, flat numpy view)`` of a new contiguous output (or of ``given``, preallocated)."""
+    """``(tensor, flat numpy view)`` of a new contiguous output (or of ``given``, preallocated).
+
+    A new output's buffer comes from the reuse pool (:mod:`._pool`), which hands a
+    buffer out again only once no tensor or array refers to it.
+    """
     if given is not None:
         return given, flat(given)
-    a = np.empty(tuple(shape), _NP_DTYPES[dtype])
-    return torch.from_numpy(a), a.reshape(-1)
+    shape = tuple(shape)
+    a = POOL.take(math.prod(shape), _NP_DTYPES[dtype])
+    return torch.from_numpy(a).view(shape), a
 
 
 def outputs(shape, dtype: torch.dtype, wanted, given=None) -> tuple[tuple, tuple]:
@@ -171,7 +177,7 @@ def noise(shape, seed: int, dtype: torch.dtype) -> torch.Tensor:
     without storage that numba could not write.
     """
     shape = tuple(shape)
-    buf = np.empty(math.prod(shape), dtype=np.float32 if dtype == torch.float32 else np.float64)
+    buf = POOL.take(math.prod(shape), np.float32 if dtype == torch.float32 else np.float64)
     if buf.size:
         k0, k1 = split_seed(seed)
         fill = _fill_normal_parallel if use_parallel(buf.size) else _fill_normal_serial
