@@ -204,3 +204,67 @@ def test_no_grad_path_reads_broadcast_inputs_unexpanded(op, shapes):
     ):
         assert g.shape == w.shape
         torch.testing.assert_close(g, w, **tolerance(torch.float64))
+
+
+# --------------------------------------------------------------------------- saved-tensor hooks
+
+
+def _hooked_grads(case, shape, backend, change):
+    """Gradients of the case's weighted sum under a pack hook that saves copies, the inputs changed after the forward.
+
+    ``change(inputs)`` runs between forward and backward (in place, or by dropping
+    the caller's references). The saved copies hold the forward's values, so the
+    gradients must be those of the forward's inputs, whatever happened to them.
+    """
+    fn, kwargs = _fn(case), CASES[case][1]
+    names = CASES[case][0]
+    inputs = [a.requires_grad_(_diff(case, n)) for a, n in zip(_inputs(case, shape), names, strict=True)]
+    wrt = [t for t, n in zip(inputs, names, strict=True) if _diff(case, n)]
+    weights = _weights(shape)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        outs = fn(*inputs, backend=backend, **kwargs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    loss = sum((o * weights[o.dim()]).sum() for o in outs)
+    change(inputs)
+    return torch.autograd.grad(loss, wrt)
+
+
+def _overwrite(inputs):
+    with torch.no_grad():
+        for t in inputs:
+            t.add_(0.5)  # legal: autograd holds the hook's copies, not these
+
+
+@pytest.mark.parametrize("shape", [(20, 50), (256, 1024)], ids=["small-call", "large"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_backward_reads_the_saved_copies_not_the_changed_inputs(case, shape):
+    """With a copying pack hook, changing an input after the forward leaves the gradients those of the forward.
+
+    The lean Functions keep the forward's arrays (or small calls' raw addresses);
+    they must notice that ``ctx.saved_tensors`` are other tensors and read those.
+    """
+    got = _hooked_grads(case, shape, "numba", _overwrite)
+    want = _hooked_grads(case, shape, "torch", _overwrite)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, **tolerance(torch.float64))
+
+
+@pytest.mark.parametrize("case", ["normal_rsample_kl", "normal_log_prob", "bernoulli_log_prob"])
+def test_non_reentrant_checkpoint_equals_the_plain_backward(case):
+    """``torch.utils.checkpoint`` (``use_reentrant=False``) recomputes the forward in the backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    shape = (20, 50)
+    names = CASES[case][0]
+    scalar = _scalar(case, _weights(shape))
+    args = _inputs(case, shape)
+
+    def leaves():
+        return [a.clone().requires_grad_(_diff(case, n)) for a, n in zip(args, names, strict=True)]
+
+    a, b = leaves(), leaves()
+    plain = torch.autograd.grad(scalar(*a), [t for t, n in zip(a, names, strict=True) if _diff(case, n)])
+    loss = checkpoint(lambda *xs: scalar(*(x * 1.0 for x in xs)), *b, use_reentrant=False)
+    ckpt = torch.autograd.grad(loss, [t for t, n in zip(b, names, strict=True) if _diff(case, n)])
+    for p, c in zip(plain, ckpt, strict=True):
+        torch.testing.assert_close(p, c, **tolerance(torch.float64))

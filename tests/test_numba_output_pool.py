@@ -188,10 +188,10 @@ def test_cap_from_the_environment(monkeypatch, value, cap):
     assert _pool._cap_from_env() == cap
 
 
-@pytest.mark.parametrize("value", ["lots", "-1", "nan"])
+@pytest.mark.parametrize("value", ["lots", "-1", "nan", "inf", "1e400"])
 def test_a_bad_cap_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv(_pool.ENV_VAR, value)
-    with pytest.raises(ValueError, match=rf"ELBOBENCH_NUMBA_POOL_MB must be a number of MiB >= 0.*{value!r}"):
+    with pytest.raises(ValueError, match=rf"ELBOBENCH_NUMBA_POOL_MB must be a finite number of MiB >= 0.*{value!r}"):
         _pool._cap_from_env()
 
 
@@ -233,3 +233,15 @@ def test_rsample_kl_outputs_and_noise_stay_correct_across_reuse():
     assert len({e.data_ptr() for e in eps}) == 3
     for s, e in enumerate(eps):
         torch.testing.assert_close(e, kernels.normal_noise((512, 1024), seed=s, dtype=torch.float64, backend="torch"))
+
+
+def test_no_free_buffer_is_dropped_when_that_would_not_make_room():
+    n = 1 << 18  # 1 MiB of float32
+    pool = _pool.BufferPool(cap_bytes=2 * MB, min_bytes=1024)
+    busy = pool.take(n, np.float32)
+    pool.take(n, np.float32)  # freed at once
+    big = pool.take(2 * n, np.float32)  # 2 MiB: no room even without the free buffer, so served untracked
+    assert big.nbytes == 2 * MB
+    info = pool.info()
+    assert info["buffers"] == 2 and info["free_bytes"] == MB and info["tracked_bytes"] == 2 * MB
+    assert busy.nbytes == MB

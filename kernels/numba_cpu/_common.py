@@ -185,6 +185,21 @@ def noise(shape, seed: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(buf).reshape(shape)
 
 
+def saved_key(*tensors: torch.Tensor | None) -> tuple:
+    """``(data_ptr, shape, stride)`` of each tensor (None for None): where and how it lies in memory.
+
+    The plain Functions keep the arrays (or, for small calls, the addresses) their
+    forward read, for their backward. Saved-tensor hooks
+    (``torch.autograd.graph.saved_tensors_hooks``, ``save_on_cpu``, non-reentrant
+    checkpointing) can give the backward other tensors than the forward read: a
+    copy, while the original is changed in place or freed. When the keys of the
+    forward's inputs and of ``ctx.saved_tensors`` are equal, those tensors lie where
+    and as the forward read them, so what it kept reads them; otherwise the backward
+    rebuilds it from the saved tensors.
+    """
+    return tuple(None if t is None else (t.data_ptr(), t.shape, t.stride()) for t in tensors)
+
+
 #: :func:`route` results.
 NO_GRAD, PLAIN, TRANSFORM = 0, 1, 2
 

@@ -28,6 +28,12 @@ alive until the garbage collector runs only keeps its buffer out of reuse
 longer. Free-threaded builds (no GIL), where counts seen from another thread
 can lag, bypass the pool.
 
+One thing no count can see: ``Tensor.share_memory_()`` moves a tensor's data
+to shared memory and drops the storage's reference to the old buffer, so a
+``.numpy()`` or DLPack alias taken *before* it points at memory the pool then
+hands out again (without the pool the same alias points at freed memory).
+Take such aliases after ``share_memory_()``, or from a clone.
+
 Bounds. Only outputs of at least :data:`MIN_BYTES` go through the pool; the
 bytes it tracks (in use and free) stay under a cap, ``ELBOBENCH_NUMBA_POOL_MB``
 (default 512, read at import; 0 turns the pool off): a request that would pass
@@ -37,6 +43,7 @@ it first drops the least recently used free buffers, and is served by a plain
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -60,8 +67,8 @@ def _cap_from_env() -> int:
         mb = float(raw)
     except ValueError:
         mb = -1.0
-    if not mb >= 0:
-        raise ValueError(f"{ENV_VAR} must be a number of MiB >= 0 (0 turns the pool off), got {raw!r}")
+    if not (mb >= 0 and math.isfinite(mb)):
+        raise ValueError(f"{ENV_VAR} must be a finite number of MiB >= 0 (0 turns the pool off), got {raw!r}")
     return int(mb * (1 << 20))
 
 
@@ -118,13 +125,17 @@ class BufferPool:
                     return e.array
             self.misses += 1
             if self._tracked + nbytes > self.cap_bytes:
-                self._evict(self._tracked + nbytes - self.cap_bytes)
-            if self._tracked + nbytes > self.cap_bytes:
-                return np.empty(n, dtype)  # no room: an untracked buffer
+                need = self._tracked + nbytes - self.cap_bytes
+                if self._free_bytes() < need:
+                    return np.empty(n, dtype)  # no room even without the free buffers: an untracked one
+                self._evict(need)
             a = np.empty(n, dtype)
             self._buffers.setdefault(key, []).append(_Entry(a, self._clock))
             self._tracked += nbytes
             return a
+
+    def _free_bytes(self) -> int:
+        return sum(e.array.nbytes for v in self._buffers.values() for e in v if _refs(e) == IDLE_REFS)
 
     def _evict(self, need: int) -> int:
         """Drop free buffers, least recently used first, until ``need`` bytes are freed; return the bytes freed."""
@@ -152,14 +163,12 @@ class BufferPool:
     def info(self) -> dict:
         """``enabled``, ``cap_bytes``, ``tracked_bytes``, ``free_bytes``, ``buffers``, ``hits``, ``misses``."""
         with self._lock:
-            entries = [e for v in self._buffers.values() for e in v]
-            free = sum(e.array.nbytes for e in entries if _refs(e) == IDLE_REFS)
             return {
                 "enabled": self.enabled,
                 "cap_bytes": self.cap_bytes,
                 "tracked_bytes": self._tracked,
-                "free_bytes": free,
-                "buffers": len(entries),
+                "free_bytes": self._free_bytes(),
+                "buffers": sum(len(v) for v in self._buffers.values()),
                 "hits": self.hits,
                 "misses": self.misses,
             }

@@ -48,6 +48,7 @@ from ._common import (
     reduce_to,
     route,
     rows,
+    saved_key,
     summable,
     use_parallel,
 )
@@ -572,6 +573,7 @@ class _PlainRsampleKL(torch.autograd.Function):
     def forward(ctx, mu, logvar, eps, seed, want_z, want_kl, shape):
         # mu, logvar, eps: not expanded to the broadcast `shape` (read in place, see _layout.strided)
         ctx.save_for_backward(mu, logvar, eps)  # keeps them alive and version-checked
+        ctx.key = saved_key(mu, logvar, eps)
         R, D = rows(shape)
         if small(shape, D):
             call = small_call(shape, R, D, mu, logvar, eps)
@@ -596,11 +598,17 @@ class _PlainRsampleKL(torch.autograd.Function):
         dkl = grads[-1] if want_kl else None
         mu, logvar, eps = ctx.saved_tensors
         need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
+        small_args = ctx.small
+        if not torch.is_grad_enabled() and saved_key(mu, logvar, eps) != ctx.key:  # see saved_key
+            if small_args is not None:
+                small_args = small_call(shape, *rows(shape), mu, logvar, eps)
+            else:
+                prepared = prepare(mu, logvar, eps, shape)
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             m, v, e = expand_to(shape, mu, logvar, eps)
             dmu, dlv, deps = apply(GaussianBackward, dz, dkl, m, v, e, seed, need_mu, need_lv, need_eps)
-        elif ctx.small is not None:
-            dmu, dlv, deps = _small_backward(ctx.small, dz, dkl, mu.dtype, seed, need_mu, need_lv, need_eps, shape)
+        elif small_args is not None:
+            dmu, dlv, deps = _small_backward(small_args, dz, dkl, mu.dtype, seed, need_mu, need_lv, need_eps, shape)
         elif dkl is None and need_mu and not _sums_dmu(prepared, mu, shape):  # rsample only: dmu = dz exactly
             _, dlv, deps = backward(
                 dz, None, mu, logvar, eps, seed, False, need_lv, need_eps, prepared=prepared, shape=shape, reduce=True

@@ -42,6 +42,7 @@ from ._common import (
     reduce_to,
     route,
     rows,
+    saved_key,
     use_parallel,
 )
 from ._flags import BLOCK, FUSED_GRAD_MAX_ELEMENTS, JIT_OPTIONS, PARALLEL_MIN_ELEMENTS_BERNOULLI
@@ -571,6 +572,7 @@ class _PlainNormalLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, mu, logvar, shape):
         ctx.save_for_backward(x, mu, logvar)
+        ctx.key = saved_key(x, mu, logvar)
         R, D = rows(shape)
         if small(shape, D):
             call = small_call(shape, R, D, x, mu, logvar)
@@ -585,10 +587,16 @@ class _PlainNormalLogProb(torch.autograd.Function):
         prepared, shape = ctx.state
         x, mu, logvar = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
+        small_args = ctx.small
+        if not torch.is_grad_enabled() and saved_key(x, mu, logvar) != ctx.key:  # see saved_key
+            if small_args is not None:
+                small_args = small_call(shape, *rows(shape), x, mu, logvar)
+            else:
+                prepared = normal_prepare(x, mu, logvar, shape)
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             grads = apply(NormalLogProbBackward, g, *expand_to(shape, x, mu, logvar), *needs)
-        elif ctx.small is not None:
-            grads = _normal_small_backward(ctx.small, g, x.dtype, needs, shape)
+        elif small_args is not None:
+            grads = _normal_small_backward(small_args, g, x.dtype, needs, shape)
         else:
             grads = normal_backward(g, x, mu, logvar, *needs, prepared=prepared, shape=shape, reduce=True)
         return (*(reduce_to(d, t.shape) for d, t in zip(grads, (x, mu, logvar), strict=True)), None)
