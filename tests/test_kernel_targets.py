@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.kernel_speed import ISSUE2_TARGETS, Target, targets
+from bench.kernel_speed import ISSUE2_TARGETS, Target, summary, targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +71,21 @@ def test_a_target_over_cells_is_its_lowest_cell():
     row = targets([_run(cells, {"4096x1024": 20.0, "16384x1024": 16.0})], [goal]).iloc[0]
     assert row["cell"] == "normal_rsample_kl:backward 4096x1024"
     assert row["median"] == pytest.approx(0.6) and bool(row["met"]) is False and row["cells"] == 2
+
+
+def test_largest_copy_ratio_uses_the_largest_sizes_copy_in_every_row():
+    """``numba_frac_of_largest_copy``: numba GB/s over the copy of the run's largest size (a DRAM reference)."""
+    cells = {
+        ("normal_log_prob", "forward", "1024x256"): {"numba": 1.0, "numba_GBps": 5.0},
+        ("normal_log_prob", "forward", "4096x1024"): {"numba": 1.0, "numba_GBps": 12.0},
+        ("normal_log_prob", "forward", "16384x1024"): {"numba": 1.0, "numba_GBps": 14.0},
+    }
+    # the copy at 4096x1024 is cache-resident (fast); 16384x1024 is the largest (4096x1024 sorts after it as text)
+    s = summary(_run(cells, {"1024x256": 40.0, "4096x1024": 30.0, "16384x1024": 16.0})).set_index("size")
+    assert s.loc["4096x1024", "numba_frac_of_copy"] == pytest.approx(12.0 / 30.0)
+    assert s.loc["4096x1024", "numba_frac_of_largest_copy"] == pytest.approx(12.0 / 16.0)
+    assert s.loc["1024x256", "numba_frac_of_largest_copy"] == pytest.approx(5.0 / 16.0)
+    assert s.loc["16384x1024", "numba_frac_of_largest_copy"] == pytest.approx(s.loc["16384x1024", "numba_frac_of_copy"])
 
 
 def test_min_elements_leaves_out_small_sizes():
