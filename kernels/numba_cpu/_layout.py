@@ -41,7 +41,7 @@ from numba import carray, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from ._common import flat, grad_outputs, outputs, use_parallel
+from ._common import flat, grad_outputs, outputs, rows, saved_key, use_parallel
 from ._flags import JIT_OPTIONS, PRECOMPUTE_MIN_ELEMENTS, REDUCE_TASKS
 from ._math import cst
 
@@ -248,6 +248,22 @@ def small_call(shape, R: int, D: int, *tensors):
     for t in tensors:
         args += address(t, R, D, shape, keep)
     return R, D, args, keep
+
+
+def kept_for_backward(key: tuple, small_args, prepared, saved: tuple, shape, prepare):
+    """``(small-call arguments, prepared arrays)`` a plain Function's forward kept for its backward.
+
+    ``key``: :func:`._common.saved_key` of the forward's inputs; ``saved``: the
+    backward's ``ctx.saved_tensors``. When those lie where and as the forward read
+    them, what it kept is returned as is; otherwise (saved-tensor hooks gave other
+    tensors) it is rebuilt from ``saved``: :func:`small_call` for a small call,
+    ``prepare(*saved, shape)`` else.
+    """
+    if saved_key(*saved) == key:
+        return small_args, prepared
+    if small_args is not None:
+        return small_call(shape, *rows(shape), *saved), None
+    return None, prepare(*saved, shape)
 
 
 def new_output(shape, dtype: torch.dtype, wanted: bool = True):

@@ -59,6 +59,7 @@ from ._layout import (
     WITNESS,
     address,
     chunk_tiled,
+    kept_for_backward,
     new_output,
     out_row,
     put,
@@ -599,11 +600,8 @@ class _PlainRsampleKL(torch.autograd.Function):
         mu, logvar, eps = ctx.saved_tensors
         need_mu, need_lv, need_eps = ctx.needs_input_grad[:3]
         small_args = ctx.small
-        if not torch.is_grad_enabled() and saved_key(mu, logvar, eps) != ctx.key:  # see saved_key
-            if small_args is not None:
-                small_args = small_call(shape, *rows(shape), mu, logvar, eps)
-            else:
-                prepared = prepare(mu, logvar, eps, shape)
+        if not torch.is_grad_enabled():
+            small_args, prepared = kept_for_backward(ctx.key, small_args, prepared, (mu, logvar, eps), shape, prepare)
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             m, v, e = expand_to(shape, mu, logvar, eps)
             dmu, dlv, deps = apply(GaussianBackward, dz, dkl, m, v, e, seed, need_mu, need_lv, need_eps)

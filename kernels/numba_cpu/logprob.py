@@ -51,6 +51,7 @@ from ._layout import (
     SHORT_ROW,
     WITNESS,
     chunk_tiled,
+    kept_for_backward,
     new_output,
     out_row,
     put,
@@ -588,11 +589,10 @@ class _PlainNormalLogProb(torch.autograd.Function):
         x, mu, logvar = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         small_args = ctx.small
-        if not torch.is_grad_enabled() and saved_key(x, mu, logvar) != ctx.key:  # see saved_key
-            if small_args is not None:
-                small_args = small_call(shape, *rows(shape), x, mu, logvar)
-            else:
-                prepared = normal_prepare(x, mu, logvar, shape)
+        if not torch.is_grad_enabled():
+            small_args, prepared = kept_for_backward(
+                ctx.key, small_args, prepared, (x, mu, logvar), shape, normal_prepare
+            )
         if torch.is_grad_enabled():  # create_graph: the Function path (it raises for second derivatives)
             grads = apply(NormalLogProbBackward, g, *expand_to(shape, x, mu, logvar), *needs)
         elif small_args is not None:
