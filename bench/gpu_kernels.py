@@ -50,6 +50,7 @@ from pathlib import Path
 
 import torch
 
+from bench.options import OptionError, parse_sizes
 from bench.results import FIELDS, Manifest, Result, check_schema, config_hash, done_hashes, make_result
 
 __all__ = ["DEFAULT_SIZES", "OPS", "TRAFFIC", "add_arguments", "main", "measure_op"]
@@ -77,18 +78,10 @@ TRAFFIC = {
 
 
 def _parse_sizes(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in text.split(","):
-        try:
-            r, d = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--sizes: expected RxD[,RxD...] like 256x64,4096x1024, got {part!r}"
-            ) from None
-        if r <= 0 or d <= 0:
-            raise argparse.ArgumentTypeError(f"--sizes: sizes must be positive, got {part!r}")
-        out.append((r, d))
-    return out
+    try:
+        return parse_sizes(text, "--sizes")
+    except OptionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parse_ops(text: str) -> list[str]:

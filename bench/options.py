@@ -58,6 +58,20 @@ def parse_list(text: str | None, option: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def parse_sizes(text: str | None, option: str) -> list[tuple[int, int]]:
+    """``"256x64,4096x1024"`` -> ``[(256, 64), (4096, 1024)]``: ROWSxCOLS pairs of positive ints."""
+    out = []
+    for item in parse_list(text, option):
+        try:
+            r, c = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise OptionError(f"{option}: {item!r} is not ROWSxCOLS (e.g. 4096x1024)") from None
+        if r < 1 or c < 1:
+            raise OptionError(f"{option}: got {item!r}; expected positive sizes")
+        out.append((r, c))
+    return out
+
+
 def parse_ints(text: str | None, option: str, *, minimum: int = 1) -> list[int]:
     """Comma-separated ints (``"0,1,2"``; ranges ``"0-4"`` allowed), each ``>= minimum``."""
     out: list[int] = []
@@ -250,3 +264,18 @@ def resolve_common(args: argparse.Namespace, *, default_estimators: str, need_ou
         os.environ[DATA_DIR_ENV] = str(Path(data_dir).resolve())  # read by the IDX loader; lands in the manifest
     out["out"] = Path(args.out) if args.out else (default_out() if need_out else None)
     return out
+
+
+def add_series_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """``--runs``, ``--repeats``, ``--out``, ``--resume``/``--evaluate`` of a script that repeats one measurement.
+
+    See :func:`bench.results.run_series`, which takes what they parse.
+    """
+    parser.add_argument("--runs", type=positive_int, default=3, help="how many runs (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=15, help="timed calls per cell and run (default 15)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(default_out), help=f"directory of the run CSVs (default {default_out})"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="keep the runs already in --out, run the rest")
+    mode.add_argument("--evaluate", action="store_true", help="run nothing: evaluate the runs already in --out")

@@ -21,7 +21,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -306,3 +306,54 @@ def read_manifest(run_dir: str | Path) -> dict:
     if not path.exists():
         return {}
     return json.loads(path.read_text())
+
+
+def free_run_path(out: str | Path, stem: str = "run") -> Path:
+    """``out/<stem>-<k>.csv`` for the smallest ``k`` not taken (a run deleted by hand leaves a gap)."""
+    out = Path(out)
+    k = 0
+    while (out / f"{stem}-{k}.csv").exists():
+        k += 1
+    return out / f"{stem}-{k}.csv"
+
+
+def write_whole(df: pd.DataFrame, path: str | Path) -> None:
+    """Write ``df`` to ``path`` as CSV through a temporary file, so the file is there whole or not at all."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def run_series(
+    prog: str, out: str | Path, runs: int, measure: Callable[[], pd.DataFrame], *, resume: bool = False,
+    evaluate: bool = False,
+) -> list[pd.DataFrame] | None:  # fmt: skip
+    """Repeat ``measure()`` until ``out`` holds ``runs`` runs as ``run-<k>.csv``; return every run there.
+
+    Each run is written whole as soon as it finishes (:func:`write_whole`), so an
+    interrupted series keeps what it completed. Runs already in ``out`` are kept
+    only with ``resume`` (the series then runs the rest) or ``evaluate`` (nothing
+    is run). Without either, existing runs are an error: mixing old and new runs
+    by accident would corrupt the medians. An error, or ``evaluate`` with no runs,
+    prints ``prog: ...`` to stderr and returns None (the caller exits with 2).
+    """
+    out = Path(out)
+    done = sorted(out.glob("run-*.csv"))
+    if done and not (resume or evaluate):
+        print(f"{prog}: --out {out} already holds {len(done)} run(s); pass --resume to keep them "
+              "and run the rest, --evaluate to only read them, or another --out", file=sys.stderr)  # fmt: skip
+        return None
+    if evaluate and not done:
+        print(f"{prog}: --evaluate found no run-*.csv in {out}", file=sys.stderr)
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    k = len(done)
+    while not evaluate and k < runs:
+        t0 = time.perf_counter()
+        df = measure()
+        path = free_run_path(out)
+        write_whole(df, path)
+        k += 1
+        print(f"run {k}/{runs} written to {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return [pd.read_csv(p) for p in sorted(out.glob("run-*.csv"))]

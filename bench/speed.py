@@ -393,19 +393,6 @@ def summary(df: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-def _parse_sizes(text: str) -> list[tuple[int, int]]:
-    out = []
-    for item in opt.parse_list(text, "--kernel-sizes"):
-        try:
-            r, c = (int(v) for v in item.lower().split("x"))
-        except ValueError:
-            raise opt.OptionError(f"--kernel-sizes: {item!r} is not ROWSxCOLS (e.g. 4096x1024)") from None
-        if r < 1 or c < 1:
-            raise opt.OptionError(f"--kernel-sizes: got {item!r}; expected positive sizes")
-        out.append((r, c))
-    return out
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_common(parser)
     g = parser.add_argument_group("speed")
@@ -425,7 +412,9 @@ def resolve(args: argparse.Namespace) -> tuple[dict, dict]:
         "estimators": [] if args.no_estimators else common["estimators"],
         "backends": common["backends"],
         "batch_sizes": opt.parse_ints(args.batch_sizes, "--batch-sizes"),
-        "kernel_sizes": None if args.no_kernels else _parse_sizes(args.kernel_sizes or "256x64,4096x256"),
+        "kernel_sizes": None
+        if args.no_kernels
+        else opt.parse_sizes(args.kernel_sizes or "256x64,4096x256", "--kernel-sizes"),
         "repeats": args.repeats,
     }
     return common, kw

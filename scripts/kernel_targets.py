@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -22,7 +21,8 @@ import pandas as pd
 import torch
 
 from bench.kernel_speed import ISSUE2_TARGETS, kernel_speed, summary, targets
-from bench.options import positive_int
+from bench.options import add_series_arguments
+from bench.results import run_series
 
 SIZES = ((1024, 256), (4096, 1024), (16384, 1024))
 
@@ -41,46 +41,21 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--runs", type=positive_int, default=3, help="how many runs (default 3)")
-    p.add_argument("--repeats", type=positive_int, default=15, help="timed calls per cell and run (default 15)")
-    p.add_argument("--out", type=Path, default=Path("reports/kernel_targets"), help="directory of the run CSVs")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true", help="keep the runs already in --out, run the rest")
-    mode.add_argument("--evaluate", action="store_true", help="run nothing: evaluate the runs already in --out")
+    add_series_arguments(p, "reports/kernel_targets")
     return p.parse_args(argv)
-
-
-def _free_path(out: Path) -> Path:
-    """``out/run-<k>.csv`` for the smallest k not taken (a run deleted by hand leaves a gap)."""
-    k = 0
-    while (out / f"run-{k}.csv").exists():
-        k += 1
-    return out / f"run-{k}.csv"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out: Path = args.out
-    done = sorted(out.glob("run-*.csv"))
-    if done and not (args.resume or args.evaluate):
-        print(f"kernel_targets.py: --out {out} already holds {len(done)} run(s); pass --resume to keep them "
-              "and run the rest, --evaluate to only read them, or another --out", file=sys.stderr)  # fmt: skip
-        return 2
-    if args.evaluate and not done:
-        print(f"kernel_targets.py: --evaluate found no run-*.csv in {out}", file=sys.stderr)
-        return 2
-    out.mkdir(parents=True, exist_ok=True)
     print(f"torch threads {torch.get_num_threads()}, numba threads {numba.get_num_threads()}", flush=True)
-    k = len(done)
-    while not args.evaluate and k < args.runs:
-        t0 = time.perf_counter()
-        df = kernel_speed(sizes=SIZES, passes=("forward", "backward", "forward_backward"), repeats=args.repeats)
-        path = _free_path(out)
-        df.to_csv(path.with_suffix(".tmp"), index=False)
-        path.with_suffix(".tmp").replace(path)  # a run is there whole or not at all
-        k += 1
-        print(f"run {k}/{args.runs} written to {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    runs = [pd.read_csv(p) for p in sorted(out.glob("run-*.csv"))]
+
+    def measure() -> pd.DataFrame:
+        return kernel_speed(sizes=SIZES, passes=("forward", "backward", "forward_backward"), repeats=args.repeats)
+
+    runs = run_series("kernel_targets.py", out, args.runs, measure, resume=args.resume, evaluate=args.evaluate)
+    if runs is None:
+        return 2
     pd.set_option("display.width", 250)
     pd.set_option("display.max_columns", 30)
     pd.set_option("display.max_colwidth", 60)

@@ -551,7 +551,7 @@ def test_gpu_benchmark_rows_and_resume(tmp_path):
 def test_gpu_benchmark_argument_errors():
     from bench import gpu_kernels
 
-    with pytest.raises(argparse.ArgumentTypeError, match="expected RxD"):
+    with pytest.raises(argparse.ArgumentTypeError, match="is not ROWSxCOLS"):
         gpu_kernels._parse_sizes("256by64")
     with pytest.raises(argparse.ArgumentTypeError, match="--ops: expected"):
         gpu_kernels._parse_ops("normal_rsample,nope")
