@@ -93,19 +93,29 @@ def kernel_scaling(
     """
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    ops, passes = list(dict.fromkeys(ops)), list(dict.fromkeys(passes))
     bad = [o for o in ops if o not in DEFAULT_OPS]
     if bad or not ops:
-        raise ValueError(f"ops must be a non-empty subset of {list(DEFAULT_OPS)}, got {list(ops)}")
+        raise ValueError(f"ops must be a non-empty subset of {list(DEFAULT_OPS)}, got {ops}")
     bad = [p for p in passes if p not in SCALING_PASSES]
     if bad or not passes:
-        raise ValueError(f"passes must be a non-empty subset of {list(SCALING_PASSES)}, got {list(passes)}")
+        raise ValueError(f"passes must be a non-empty subset of {list(SCALING_PASSES)}, got {passes}")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    sizes = [tuple(int(v) for v in s) for s in sizes]
-    if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
-        raise ValueError(f"sizes must be (rows, cols) pairs of positive ints, got {sizes}")
+
+    def pair(s) -> bool:
+        return (
+            isinstance(s, Sequence)
+            and len(s) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in s)
+        )
+
+    sizes = list(sizes)
+    if not sizes or not all(pair(s) for s in sizes):
+        raise ValueError(f"sizes must be a non-empty list of (rows, cols) pairs of positive ints, got {sizes}")
+    sizes = list(dict.fromkeys(tuple(s) for s in sizes))
     top = _max_threads()
-    threads = (1, top) if threads is None and top > 1 else (1,) if threads is None else tuple(threads)
+    threads = ((1, top) if top > 1 else (1,)) if threads is None else tuple(dict.fromkeys(threads))
     if not threads or any(not isinstance(t, int) or isinstance(t, bool) or not 1 <= t <= top for t in threads):
         raise ValueError(f"threads must be ints in 1..{top} (numba.config.NUMBA_NUM_THREADS), got {list(threads)}")
     import numba
@@ -179,7 +189,17 @@ def scaling_summary(runs: Sequence[pd.DataFrame]) -> pd.DataFrame:
             raise ValueError(
                 f"scaling_summary: run {i} lacks columns {sorted(missing)}; expected kernel_scaling output"
             )
-        lo, hi = df["threads"].min(), df["threads"].max()
+        counts = sorted(set(df["threads"]))
+        if i == 0:
+            first = counts
+        elif counts != first:
+            raise ValueError(
+                f"scaling_summary: run {i} has threads {counts}, run 0 has {first}; expected the same in every run"
+            )
+        if df.duplicated([*keys, "threads"]).any():
+            cell = df.loc[df.duplicated([*keys, "threads"]), [*keys, "threads"]].iloc[0].tolist()
+            raise ValueError(f"scaling_summary: run {i} has cell {cell} more than once; expected one row per cell")
+        lo, hi = counts[0], counts[-1]
         wide = df.pivot_table(index=keys, columns="threads", values="ns_per_element", aggfunc="median")
         out = pd.DataFrame({f"ns[{t}t]": wide[t] for t in sorted(wide.columns)})
         out["thread_speedup"] = wide[lo] / wide[hi] if hi != lo else math.nan

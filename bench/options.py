@@ -69,7 +69,7 @@ def parse_sizes(text: str | None, option: str) -> list[tuple[int, int]]:
         if r < 1 or c < 1:
             raise OptionError(f"{option}: got {item!r}; expected positive sizes")
         out.append((r, c))
-    return out
+    return list(dict.fromkeys(out))
 
 
 def parse_ints(text: str | None, option: str, *, minimum: int = 1) -> list[int]:

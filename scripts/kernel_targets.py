@@ -48,9 +48,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     out: Path = args.out
-    print(f"torch threads {torch.get_num_threads()}, numba threads {numba.get_num_threads()}", flush=True)
 
     def measure() -> pd.DataFrame:
+        print(f"torch threads {torch.get_num_threads()}, numba threads {numba.get_num_threads()}", flush=True)
         return kernel_speed(sizes=SIZES, passes=("forward", "backward", "forward_backward"), repeats=args.repeats)
 
     runs = run_series("kernel_targets.py", out, args.runs, measure, resume=args.resume, evaluate=args.evaluate)

@@ -83,6 +83,11 @@ def test_parse_helpers():
     assert opt.parse_list("a, b,a", "--x") == ["a", "b"]
     with pytest.raises(opt.OptionError, match="empty item"):
         opt.parse_list("a,,b", "--x")
+    assert opt.parse_sizes(" 256x64,4096X1024,256X64", "--sizes") == [(256, 64), (4096, 1024)]
+    with pytest.raises(opt.OptionError, match="--sizes: '256by64' is not ROWSxCOLS"):
+        opt.parse_sizes("256by64", "--sizes")
+    with pytest.raises(opt.OptionError, match="--sizes: got '0x64'; expected positive sizes"):
+        opt.parse_sizes("0x64", "--sizes")
 
 
 # --------------------------------------------------------------------------- training
