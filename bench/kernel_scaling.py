@@ -163,7 +163,6 @@ def kernel_scaling(
                                 "copy_GBps": ref,
                             }
                         )
-                    numba.set_num_threads(before)
     finally:
         numba.set_num_threads(before)
     return pd.DataFrame(rows)
