@@ -34,6 +34,7 @@ and writes z and kl: ``(4 E + R) * itemsize``. ``GB/s = bytes / median time``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -48,7 +49,16 @@ from bench.report_tables import size_numel
 from bench.results import make_result
 from kernels import reference as ref
 
-__all__ = ["BYTE_MODEL", "DEFAULT_OPS", "DEFAULT_SIZES", "NOISE_OPS", "kernel_speed", "op_bytes", "summary"]
+__all__ = [
+    "BYTE_MODEL",
+    "DEFAULT_OPS",
+    "DEFAULT_SIZES",
+    "NOISE_OPS",
+    "kernel_speed",
+    "op_bytes",
+    "summary",
+    "time_round_robin",
+]
 
 DEFAULT_SIZES = ((256, 64), (1024, 256), (4096, 1024), (16384, 1024))
 DEFAULT_OPS = ("normal_rsample", "normal_kl_std", "normal_rsample_kl", "normal_log_prob", "bernoulli_log_prob")
@@ -181,6 +191,36 @@ def _time(fn: Callable, repeats: int, warmup: int = 2) -> list[float]:
     return out
 
 
+def time_round_robin(
+    fns: dict[str, Callable], *, repeats: int, warmup: int = 2, around: Callable | None = None
+) -> dict[str, list[float]]:
+    """Seconds per call of each ``fns[name]()``, timed in rounds: one call of each per round, the order rotated.
+
+    Timing one callable's repeats after another's lets a burst of load on a shared
+    machine (another tenant's memory traffic) land on one of them only; in rounds
+    it hits all of them alike, so a ratio of their medians compares like with like
+    (as :func:`bench.train.lockstep_throughput` does for whole trainings). The
+    rotation keeps any one of them from always running right after the same
+    neighbour. ``around(name)``, when given, is a context manager entered around
+    each of ``name``'s calls (``kernels.use_backend``, say), outside the timed interval.
+    """
+    names = list(fns)
+    enter = around if around is not None else (lambda _name: contextlib.nullcontext())
+    for name in names:
+        with enter(name):
+            for _ in range(warmup):
+                fns[name]()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            with enter(name):
+                t0 = time.perf_counter()
+                fns[name]()
+                out[name].append(time.perf_counter() - t0)
+    return out
+
+
 def _quantile(ts: Sequence[float], q: float) -> float:
     s = sorted(ts)
     pos = q * (len(s) - 1)
@@ -228,6 +268,61 @@ def _public_call(op: str, backend: str | None, compiled: dict):
     return lambda *a: getattr(kernels, op)(*a, backend=backend)
 
 
+def _cell_call(op, backend, pass_, inputs, ups, dtype, size, compiled, compile_warmup):
+    """``(callable, preallocated)`` timing ``op``'s ``pass_`` on ``backend``, or None where that cell does not exist.
+
+    numba's forward and backward run its launchers on preallocated outputs; the
+    torch baselines run the reference forward or the analytic backward formulas
+    (compiled for ``"torch_compile"``, compiled here before timing when
+    ``compile_warmup``); ``forward_backward`` goes through the public API and
+    autograd for every backend. ``normal_noise`` has a forward only and no
+    compiled baseline; ``normal_rsample_kl_noise`` has no compiled baseline.
+    """
+    if op == "normal_noise":
+        if backend == "torch_compile" or pass_ != "forward":
+            return None
+        be = "torch" if backend == "torch" else backend
+        return (lambda: kernels.normal_noise(size, seed=1, dtype=dtype, backend=be)), False
+    if op == "normal_rsample_kl_noise" and backend == "torch_compile":
+        return None  # the compiled reference has no in-kernel noise
+    call = _public_call(op, backend, compiled)
+    args = tuple(inputs.values())
+    if pass_ == "forward":
+        if backend == "numba":
+            return _numba_calls(op, inputs, ups, dtype)[0], True
+        if backend == "torch_compile" and compile_warmup:
+            call(*args)
+        return (lambda: call(*args)), False
+    if pass_ == "backward":
+        if backend not in BACKENDS or (op.endswith("_noise") and backend != "numba"):
+            return None  # a standalone backward exists for numba and the torch formulas
+        if backend == "numba":
+            return _numba_calls(op, inputs, ups, dtype)[1], True
+        formula = _torch_backward(op)
+        if backend == "torch_compile":
+            key = ("bwd", op)
+            if key not in compiled:
+                compiled[key] = torch.compile(formula, dynamic=False)
+            formula = compiled[key]
+        bwd = lambda: formula(*ups, *args)  # noqa: E731
+        if backend == "torch_compile" and compile_warmup:
+            bwd()
+        return bwd, False
+    # forward_backward through autograd
+    grad_names = BYTE_MODEL[op][1]
+    leaves = {n: t.detach().clone().requires_grad_(n in grad_names) for n, t in inputs.items()}
+    wrt = [leaves[n] for n in inputs if n in grad_names]
+
+    def step():
+        outs = call(*leaves.values())
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        torch.autograd.grad(outs, wrt, ups[: len(outs)])
+
+    if backend == "torch_compile" and compile_warmup:
+        step()
+    return step, False
+
+
 def kernel_speed(
     sizes: Sequence[Sequence[int]] = DEFAULT_SIZES,
     ops: Sequence[str] = DEFAULT_OPS,
@@ -238,6 +333,7 @@ def kernel_speed(
     compile_warmup: bool = True,
     *,
     seed: int = 0,
+    interleave: bool = False,
 ) -> pd.DataFrame:
     """Time kernel ops per backend and size; rows in the results schema.
 
@@ -257,6 +353,13 @@ def kernel_speed(
             first call's ~10 s compile lands in the warm-up calls anyway, as
             warm-up is never timed.
         seed: seed of the random inputs.
+        interleave: time each (op, size, pass) cell's backends and a copy of
+            the same size in rounds, one call of each per round
+            (:func:`time_round_robin`), instead of one backend after the other,
+            and add that copy as a ``"copy"`` ``GB/s`` row of the cell (``op``
+            ``"<op>:<pass>"``), which :func:`summary` then takes as the cell's
+            bandwidth reference. Ratios between backends and against copy then
+            come from the same seconds of a shared machine.
 
     Returns:
         DataFrame with the columns of :class:`bench.results.Result`; ``op`` is
@@ -310,6 +413,7 @@ def kernel_speed(
             "repeats": repeats,
             "bytes": nbytes,
             "preallocated": prealloc,
+            "interleaved": interleave,
             "seed": seed,
             **threads,
         }
@@ -341,86 +445,42 @@ def kernel_speed(
         # the same-run bandwidth reference
         src = torch.randn(R, D).to(dtype)
         dst = torch.empty_like(src)
-        ts = _time(lambda d=dst, s=src: d.copy_(s), repeats)
-        nb = 2 * R * D * itemsize
-        emit("copy", "copy", size, "copy", "ms", ts, unit="ms", nbytes=nb, prealloc=True)
-        emit("copy", "copy", size, "copy", "GB/s", ts, unit="GB/s", nbytes=nb, prealloc=True)
+        copy_fn = lambda d=dst, s=src: d.copy_(s)  # noqa: E731
+        ts = _time(copy_fn, repeats)
+        copy_nb = 2 * R * D * itemsize
+        emit("copy", "copy", size, "copy", "ms", ts, unit="ms", nbytes=copy_nb, prealloc=True)
+        emit("copy", "copy", size, "copy", "GB/s", ts, unit="GB/s", nbytes=copy_nb, prealloc=True)
         for op in ops:
             inputs = _make_inputs(op, R, D, dtype, seed)
             ups = _upstream(op, R, D, dtype, seed)
-            grad_names = BYTE_MODEL[op][1]
-            for backend in usable:
-                if backend == "copy":
+            for pass_ in passes:
+                cell = {}
+                for backend in usable:
+                    if backend != "copy":
+                        made = _cell_call(op, backend, pass_, inputs, ups, dtype, size, compiled, compile_warmup)
+                        if made is not None:
+                            cell[backend] = made
+                if not cell:
                     continue
-                if op == "normal_noise":
-                    if backend == "torch_compile" or "forward" not in passes:
-                        continue
-                    be = "torch" if backend == "torch" else backend
-                    fn = lambda be=be, shape=size: kernels.normal_noise(shape, seed=1, dtype=dtype, backend=be)  # noqa: E731
-                    ts = _time(fn, repeats)
-                    nb = op_bytes(op, R, D, itemsize, "forward")
-                    emit(op, backend, size, "forward", "ms", ts, unit="ms", nbytes=nb)
-                    emit(op, backend, size, "forward", "GB/s", ts, unit="GB/s", nbytes=nb)
-                    emit(op, backend, size, "forward", "ns_per_element", value=_quantile(ts, 0.5) / (R * D) * 1e9)
-                    continue
-                if op == "normal_rsample_kl_noise" and backend == "torch_compile":
-                    continue  # the compiled reference has no in-kernel noise
-                call = _public_call(op, backend, compiled)
-                names = list(inputs)
-                args = tuple(inputs.values())
-                for pass_ in passes:
-                    nb = op_bytes(op, R, D, itemsize, pass_)
-                    if pass_ == "forward":
-                        if backend == "numba":
-                            fwd, _ = _numba_calls(op, inputs, ups, dtype)
-                            ts = _time(fwd, repeats)
-                            emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb, prealloc=True)
-                            emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb, prealloc=True)
-                            ts_api = _time(lambda c=call, a=args: c(*a), repeats)
-                            emit(op, backend, size, pass_, "ms_api", value=_quantile(ts_api, 0.5) * 1e3, unit="ms")
-                        else:
-                            if backend == "torch_compile" and compile_warmup:
-                                call(*inputs.values())
-                            ts = _time(lambda c=call, a=args: c(*a), repeats)
-                            emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb)
-                            emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb)
-                        if op.endswith("_noise"):
-                            emit(op, backend, size, pass_, "ns_per_element", value=_quantile(ts, 0.5) / (R * D) * 1e9)
-                    elif pass_ == "backward":
-                        if backend not in BACKENDS or (op.endswith("_noise") and backend != "numba"):
-                            continue  # a standalone backward exists for numba and the torch formulas
-                        if backend == "numba":
-                            _, bwd = _numba_calls(op, inputs, ups, dtype)
-                            prealloc = True
-                        else:
-                            formula = _torch_backward(op)
-                            if backend == "torch_compile":
-                                key = ("bwd", op)
-                                if key not in compiled:
-                                    compiled[key] = torch.compile(formula, dynamic=False)
-                                formula = compiled[key]
-                            vals = list(inputs.values())
-                            bwd = lambda f=formula, v=vals, u=ups: f(*u, *v)  # noqa: E731
-                            prealloc = False
-                        if backend == "torch_compile" and compile_warmup:
-                            bwd()
-                        ts = _time(bwd, repeats)
-                        emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb, prealloc=prealloc)
-                        emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb, prealloc=prealloc)
-                    else:  # forward_backward through autograd
-                        leaves = {n: t.detach().clone().requires_grad_(n in grad_names) for n, t in inputs.items()}
-                        wrt = [leaves[n] for n in names if n in grad_names]
-
-                        def step(c=call, lv=leaves, wrt=wrt, u=ups):
-                            outs = c(*lv.values())
-                            outs = outs if isinstance(outs, tuple) else (outs,)
-                            torch.autograd.grad(outs, wrt, u[: len(outs)])
-
-                        if backend == "torch_compile" and compile_warmup:
-                            step()
-                        ts = _time(step, repeats)
-                        emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb)
-                        emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb)
+                nb = op_bytes(op, R, D, itemsize, pass_)
+                if interleave:
+                    times = time_round_robin(
+                        {**{b: fn for b, (fn, _) in cell.items()}, "copy": copy_fn}, repeats=repeats
+                    )
+                    # the copy timed in this cell's rounds: the cell's own bandwidth reference
+                    emit(op, "copy", size, pass_, "GB/s", times.pop("copy"), unit="GB/s", nbytes=copy_nb, prealloc=True)
+                else:
+                    times = {b: _time(fn, repeats) for b, (fn, _) in cell.items()}
+                for backend, ts in times.items():
+                    prealloc = cell[backend][1]
+                    emit(op, backend, size, pass_, "ms", ts, unit="ms", nbytes=nb, prealloc=prealloc)
+                    emit(op, backend, size, pass_, "GB/s", ts, unit="GB/s", nbytes=nb, prealloc=prealloc)
+                    if op.endswith("_noise") and pass_ == "forward":
+                        emit(op, backend, size, pass_, "ns_per_element", value=_quantile(ts, 0.5) / (R * D) * 1e9)
+                if pass_ == "forward" and "numba" in cell and op != "normal_noise":
+                    call, args = _public_call(op, "numba", compiled), tuple(inputs.values())
+                    ts_api = _time(lambda c=call, a=args: c(*a), repeats)
+                    emit(op, "numba", size, pass_, "ms_api", value=_quantile(ts_api, 0.5) * 1e3, unit="ms")
     return pd.DataFrame([dataclasses.asdict(r) for r in rows_out])
 
 
@@ -443,7 +503,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["benchmark"] == "speed"]
     ms = df[df["metric"] == "ms"]
     gbps = df[df["metric"] == "GB/s"]
-    copy = gbps[gbps["backend"] == "copy"].set_index("size")["value"]
+    copy = gbps[(gbps["backend"] == "copy") & (gbps["op"] == "copy")].set_index("size")["value"]
     largest = max(copy.index, key=size_numel) if len(copy) else None
     out = []
     for (op, size), grp in ms[ms["backend"] != "copy"].groupby(["op", "size"], sort=False):
@@ -451,7 +511,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         for _, r in grp.iterrows():
             row[f"ms[{r['backend']}]"] = r["value"]
         bw = gbps[(gbps["op"] == op) & (gbps["size"] == size)].set_index("backend")["value"]
-        row["copy_GBps"] = copy.get(size, math.nan)
+        # the copy timed in this cell's rounds (interleave=True), else the size's own
+        row["copy_GBps"] = bw["copy"] if "copy" in bw else copy.get(size, math.nan)
         if "numba" in bw:
             row["numba_GBps"] = bw["numba"]
             row["numba_frac_of_copy"] = bw["numba"] / row["copy_GBps"]

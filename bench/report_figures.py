@@ -461,7 +461,8 @@ def speed_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
     sized = d[d["size_numel"].notna() & d["estimator"].eq("")]
 
     # throughput against size with the copy ceiling
-    gbs = sized[(sized["metric"] == "GB/s") & (sized["op"] != COPY_OP)]
+    # (a copy timed inside one op's cell, kernel_speed(interleave=True), is that cell's reference, not a backend)
+    gbs = sized[(sized["metric"] == "GB/s") & (sized["op"] != COPY_OP) & (sized["backend"] != COPY_OP)]
     copy = sized[(sized["metric"] == "GB/s") & (sized["op"] == COPY_OP)]
     if len(gbs):
         panels = sorted(gbs["panel"].unique())

@@ -32,6 +32,7 @@ import kernels
 from bench import datasets as ds_mod
 from bench import models as models_mod
 from bench import options as opt
+from bench.kernel_speed import time_round_robin
 from bench.results import FIELDS, Manifest, Result, ResultsWriter, make_result, to_frame
 
 __all__ = ["estimator_speed", "kernel_profile", "speed_benchmark", "time_call"]
@@ -133,24 +134,9 @@ def kernel_profile(est, model, x, *, num_samples: int = 1, repeats: int = 10, se
 def time_interleaved(fns: dict, *, repeats: int = 20, warmup: int = 2) -> dict[str, list[float]]:
     """Seconds per call of each ``fns[backend]()``, the calls interleaved (order rotating), each under its backend.
 
-    Timing one backend's repeats after the other's lets a burst of load on a shared
-    machine land on one of them only; interleaved, it hits both alike (as
-    :func:`bench.train.lockstep_throughput` does for whole trainings).
+    :func:`bench.kernel_speed.time_round_robin` with ``kernels.use_backend`` around each call.
     """
-    names = list(fns)
-    for name in names:
-        with kernels.use_backend(name):
-            for _ in range(warmup):
-                fns[name]()
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            with kernels.use_backend(name):
-                t0 = time.perf_counter()
-                fns[name]()
-                out[name].append(time.perf_counter() - t0)
-    return out
+    return time_round_robin(fns, repeats=repeats, warmup=warmup, around=kernels.use_backend)
 
 
 def estimator_speed(

@@ -1,7 +1,10 @@
 """The foundation issue's kernel speed targets over several runs: float32, medians, ratios taken within each run.
 
 Each run times every op x backend x pass at the issue's sizes
-(:func:`bench.kernel_speed.kernel_speed`) and is written to ``OUT/run-<k>.csv``
+(:func:`bench.kernel_speed.kernel_speed`), each cell's backends and a copy of
+the same size in rotating rounds (one call of each per round), so that every
+ratio compares calls made in the same seconds of a shared machine; ``--sequential``
+times them one backend after the other instead. Each run is written to ``OUT/run-<k>.csv``
 as soon as it finishes, so an interrupted session keeps the runs it completed
 and ``--resume`` carries on from there. The summary table (numba against torch
 eager, ``torch.compile`` and the same run's copy bandwidth) of the last run and
@@ -13,6 +16,7 @@ the runs, and in how many runs it was met) are printed and written to
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,6 +35,7 @@ EXAMPLES = """examples:
   python scripts/kernel_targets.py --runs 5 --out /tmp/kt
   python scripts/kernel_targets.py --out /tmp/kt --runs 5 --resume   # continue after an interruption
   python scripts/kernel_targets.py --out /tmp/kt --evaluate          # only re-read the runs and print
+  python scripts/kernel_targets.py --sequential --out /tmp/kt-seq    # backends one after the other
 """
 
 
@@ -42,7 +47,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_series_arguments(p, "reports/kernel_targets")
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time each backend's repeats one after the other, and the copy once per size, as before "
+        "interleaving (default: every cell's backends and a same-size copy in rotating rounds)",
+    )
     return p.parse_args(argv)
+
+
+def interleaved(run: pd.DataFrame) -> bool:
+    """Whether a run's cells were timed in rounds (``kernel_speed(interleave=True)``); runs from before it were not."""
+    if "config" not in run or run.empty:
+        return False
+    return any(json.loads(c).get("interleaved", False) for c in run["config"].dropna())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +69,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure() -> pd.DataFrame:
         print(f"torch threads {torch.get_num_threads()}, numba threads {numba.get_num_threads()}", flush=True)
-        return kernel_speed(sizes=SIZES, passes=("forward", "backward", "forward_backward"), repeats=args.repeats)
+        return kernel_speed(
+            sizes=SIZES,
+            passes=("forward", "backward", "forward_backward"),
+            repeats=args.repeats,
+            interleave=not args.sequential,
+        )
 
+    if args.resume:
+        mixed = [p.name for p in sorted(out.glob("run-*.csv")) if interleaved(pd.read_csv(p)) == args.sequential]
+        if mixed:
+            how = "sequential" if args.sequential else "interleaved"
+            print(f"kernel_targets.py: --resume would add {how} runs to runs timed the other way ({', '.join(mixed)} "
+                  f"in {out}); {'drop' if args.sequential else 'pass'} --sequential, or use another --out", file=sys.stderr)  # fmt: skip
+            return 2
     runs = run_series("kernel_targets.py", out, args.runs, measure, resume=args.resume, evaluate=args.evaluate)
     if runs is None:
         return 2

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 
 import pandas as pd
 import pytest
 import torch
 
-from bench.kernel_speed import BYTE_MODEL, kernel_speed, op_bytes, summary
+from bench.kernel_speed import BYTE_MODEL, kernel_speed, op_bytes, summary, time_round_robin
 from bench.results import FIELDS
 
 
@@ -68,3 +70,48 @@ def test_bad_arguments():
         kernel_speed(sizes=[(4,)], repeats=1)
     with pytest.warns(UserWarning, match="skipping backend 'nope'"):
         kernel_speed(sizes=[(4, 4)], ops=("normal_kl_std",), backends=("nope",), passes=("forward",), repeats=1)
+
+
+def test_round_robin_gives_every_callable_its_repeats_in_rotating_order():
+    calls, entered = [], []
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+
+    @contextlib.contextmanager
+    def around(name):
+        entered.append(name)
+        yield
+
+    out = time_round_robin(fns, repeats=4, warmup=1, around=around)
+    assert {k: len(v) for k, v in out.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for v in out.values() for t in v)
+    # one warm-up call each, then rounds whose order rotates by one every round
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")
+    assert entered == calls  # the context is entered around every call, warm-up included
+
+
+def test_interleaved_cells_carry_their_own_copy():
+    df = kernel_speed(
+        sizes=[(8, 16)],
+        ops=["normal_log_prob"],
+        backends=("torch", "numba"),
+        passes=("forward", "backward"),
+        repeats=3,
+        interleave=True,
+    )
+    cell_copy = df[(df["backend"] == "copy") & (df["op"] != "copy")]
+    assert sorted(cell_copy["op"]) == ["normal_log_prob:backward", "normal_log_prob:forward"]
+    assert set(cell_copy["metric"]) == {"GB/s"}
+    assert all(json.loads(c)["interleaved"] for c in df["config"])
+    s = summary(df).set_index("pass")
+    for pass_ in ("forward", "backward"):
+        own = cell_copy[cell_copy["op"] == f"normal_log_prob:{pass_}"]["value"].iloc[0]
+        assert s.loc[pass_, "copy_GBps"] == pytest.approx(own)
+    # every backend timed as many times as asked, numba forward with its API row
+    ms = df[df["metric"] == "ms"]
+    assert set(ms[ms["op"] != "copy"]["backend"]) == {"torch", "numba"}
+    assert len(df[df["metric"] == "ms_api"]) == 1
+
+
+def test_sequential_is_the_default_and_says_so(table):
+    assert not any(json.loads(c)["interleaved"] for c in table["config"])
+    assert (table[table["backend"] == "copy"]["op"] == "copy").all()

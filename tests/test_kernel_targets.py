@@ -7,6 +7,7 @@ and verdict below is known exactly.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -18,22 +19,24 @@ from bench.kernel_speed import ISSUE2_TARGETS, Target, summary, targets
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(cells: dict, copy_gbps: dict) -> pd.DataFrame:
-    """A kernel_speed-like frame: ``cells[(op, pass, size)] = {backend: ms}`` (+ ``"numba_GBps"``); copy GB/s per size."""
+def _run(cells: dict, copy_gbps: dict, *, interleaved: bool = True) -> pd.DataFrame:
+    """A kernel_speed-like frame: ``cells[(op, pass, size)] = {backend: ms}`` (+ ``"numba_GBps"``, and
+    ``"copy_GBps"``: a copy timed in the cell's rounds); copy GB/s per size."""
     rows = []
     for size, gb in copy_gbps.items():
         rows.append(dict(benchmark="speed", backend="copy", op="copy", size=size, metric="GB/s", value=gb))
     for (op, pass_, size), times in cells.items():
         for backend, v in times.items():
-            if backend == "numba_GBps":
-                rows.append(
-                    dict(benchmark="speed", backend="numba", op=f"{op}:{pass_}", size=size, metric="GB/s", value=v)
-                )
+            if backend in ("numba_GBps", "copy_GBps"):
+                who = backend.split("_")[0]
+                rows.append(dict(benchmark="speed", backend=who, op=f"{op}:{pass_}", size=size, metric="GB/s", value=v))
             else:
                 rows.append(
                     dict(benchmark="speed", backend=backend, op=f"{op}:{pass_}", size=size, metric="ms", value=v)
                 )
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df["config"] = json.dumps({"interleaved": interleaved})
+    return df
 
 
 FWD = ("normal_rsample_kl", "forward", "4096x1024")
@@ -86,6 +89,23 @@ def test_largest_copy_ratio_uses_the_largest_sizes_copy_in_every_row():
     assert s.loc["4096x1024", "numba_frac_of_largest_copy"] == pytest.approx(12.0 / 16.0)
     assert s.loc["1024x256", "numba_frac_of_largest_copy"] == pytest.approx(5.0 / 16.0)
     assert s.loc["16384x1024", "numba_frac_of_largest_copy"] == pytest.approx(s.loc["16384x1024", "numba_frac_of_copy"])
+
+
+def test_a_copy_timed_in_the_cells_rounds_is_that_cells_reference():
+    """kernel_speed(interleave=True) adds a copy per cell: summary holds the cell to it, not to the size's copy."""
+    cells = {
+        ("normal_log_prob", "forward", "4096x1024"): {"numba": 1.0, "numba_GBps": 12.0, "copy_GBps": 15.0},
+        ("normal_log_prob", "backward", "4096x1024"): {"numba": 1.0, "numba_GBps": 12.0},  # no copy of its own
+        ("normal_log_prob", "forward", "16384x1024"): {"numba": 1.0, "numba_GBps": 14.0, "copy_GBps": 28.0},
+    }
+    s = summary(_run(cells, {"4096x1024": 30.0, "16384x1024": 16.0})).set_index(["pass", "size"])
+    assert s.loc[("forward", "4096x1024"), "copy_GBps"] == pytest.approx(15.0)
+    assert s.loc[("forward", "4096x1024"), "numba_frac_of_copy"] == pytest.approx(12.0 / 15.0)
+    assert s.loc[("backward", "4096x1024"), "numba_frac_of_copy"] == pytest.approx(12.0 / 30.0)
+    assert s.loc[("forward", "16384x1024"), "numba_frac_of_copy"] == pytest.approx(0.5)
+    # the DRAM reference stays the largest size's own copy
+    assert s.loc[("forward", "4096x1024"), "numba_frac_of_largest_copy"] == pytest.approx(12.0 / 16.0)
+    assert set(s.reset_index()["pass"]) == {"forward", "backward"}  # the copy rows are no cells of their own
 
 
 def test_min_elements_leaves_out_small_sizes():
@@ -196,3 +216,28 @@ def test_script_help_shows_examples(script, capsys):
         script.parse(["--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--resume" in out
+
+
+@pytest.mark.parametrize(("argv", "interleave"), [([], True), (["--sequential"], False)])
+def test_script_interleaves_unless_told_sequential(script, tmp_path, monkeypatch, argv, interleave):
+    calls = []
+
+    def fake(**kw):
+        calls.append(kw)
+        return _run({FWD: {"torch": 20.0, "torch_compile": 8.0, "numba": 2.0}}, {"4096x1024": 20.0})
+
+    monkeypatch.setattr(script, "kernel_speed", fake)
+    assert script.main(["--out", str(tmp_path), "--runs", "1", *argv]) == 0
+    assert [kw["interleave"] for kw in calls] == [interleave]
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_script_resume_refuses_to_mix_interleaved_and_sequential_runs(
+    script, tmp_path, capsys, monkeypatch, sequential
+):
+    _run({FWD: {"torch": 20.0, "numba": 4.0}}, {}, interleaved=sequential).to_csv(tmp_path / "run-0.csv", index=False)
+    monkeypatch.setattr(script, "kernel_speed", lambda **kw: pytest.fail("nothing may be timed"))
+    argv = ["--out", str(tmp_path), "--runs", "2", "--resume"] + (["--sequential"] if sequential else [])
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "run-0.csv" in err and "--sequential" in err

@@ -77,35 +77,11 @@ def _inputs(op, size):
 
 
 def _callable(op, backend, pass_, size):
-    """The zero-argument function timed for (op, backend, pass, size), or None if not applicable."""
+    """The zero-argument function timed for (op, backend, pass, size): the harness's own (``kernel_speed``'s cells)."""
     inputs, ups = _inputs(op, size)
-    args = tuple(inputs.values())
-    grad_names = ks.BYTE_MODEL[op][1]
-    if pass_ == "forward":
-        if backend == "numba":
-            return ks._numba_calls(op, inputs, ups, DTYPE)[0]
-        call = ks._public_call(op, backend, _COMPILED)
-        return lambda: call(*args)
-    if pass_ == "backward":
-        if backend == "numba":
-            return ks._numba_calls(op, inputs, ups, DTYPE)[1]
-        formula = ks._torch_backward(op)
-        if backend == "torch_compile":
-            key = ("bwd", op)
-            if key not in _COMPILED:
-                _COMPILED[key] = torch.compile(formula)
-            formula = _COMPILED[key]
-        return lambda: formula(*ups, *args)
-    call = ks._public_call(op, backend, _COMPILED)
-    leaves = {n: t.detach().clone().requires_grad_(n in grad_names) for n, t in inputs.items()}
-    wrt = [leaves[n] for n in inputs if n in grad_names]
-
-    def step():
-        outs = call(*leaves.values())
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        torch.autograd.grad(outs, wrt, ups[: len(outs)])
-
-    return step
+    made = ks._cell_call(op, backend, pass_, inputs, ups, DTYPE, size, _COMPILED, compile_warmup=False)
+    assert made is not None, (op, backend, pass_)
+    return made[0]
 
 
 def _baseline(op, pass_, size, backend) -> float:
