@@ -495,7 +495,7 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 
     The two copy references differ where the same-size copy fits in the last-level
     cache and the op does not: at [4096, 1024] float32 copy moves 2 x 16 MB, which
-    sit in this host's 32 MB L3, while the fused ops move 48-96 MB from DRAM. The
+    sit in a 32 MB L3 (the AMD EPYC host of reports/cpu/amd-epyc), while the fused ops move 48-96 MB from DRAM. The
     largest size of the default table, [16384, 1024] (2 x 64 MB), streams from
     DRAM, so ``numba_frac_of_largest_copy`` is the op's share of DRAM bandwidth. It
     is informational: the issue's targets use the same-size copy.

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numba
 
+from . import _numba_target
+
 _HERE = Path(__file__).resolve().parent
 _configured: str | None = None
 
@@ -57,8 +59,13 @@ def source_digest(files: list[Path] | None = None) -> str:
 
 
 def configure() -> str:
-    """Point numba's cache at the right directory (once per process); return it."""
+    """Point numba's cache at the right directory (once per process); return it.
+
+    It also settles the vector width numba compiles for (:mod:`kernels._numba_target`),
+    which, like the cache directory, must be set before the first ``@njit``.
+    """
     global _configured
+    _numba_target.configure()
     explicit = os.environ.get("NUMBA_CACHE_DIR")
     if explicit:
         numba.config.CACHE_DIR = explicit

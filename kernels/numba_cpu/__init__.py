@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _numba_cache
+from .. import _numba_cache, _numba_target
 
 CACHE_DIR = _numba_cache.configure()  # before any @njit(cache=True) below is decorated
 
@@ -72,7 +72,7 @@ def describe(device: str = "cpu") -> str:
     cap = f"output pool up to {pool['cap_bytes'] >> 20} MiB" if pool["enabled"] else "output pool off"
     return (
         f"numba {numba.__version__}, {numba.get_num_threads()} threads, layer {numba.config.THREADING_LAYER}, "
-        f"{cap}, cache at {CACHE_DIR}"
+        f"{_numba_target.configure()}, {cap}, cache at {CACHE_DIR}"
     )
 
 

@@ -1,0 +1,90 @@
+"""The vector width numba compiles the kernels for, chosen before any kernel is decorated.
+
+On CPUs with AVX-512, LLVM's tuning for most Intel server cores
+(``skylake-avx512`` through ``emeraldrapids``) carries the ``prefer-256-bit``
+feature: its loop vectorizer then uses 256-bit registers even though 512-bit
+ones exist, to avoid the clock reduction that wide instructions caused on the
+early AVX-512 parts. The kernels here are long element-wise loops with a
+polynomial ``exp``/``log`` per element (:mod:`kernels.numba_cpu._math`), where
+twice the lanes is what counts. Measured on a 2-core Intel Xeon (Emerald Rapids,
+KVM), three alternating ``scripts/kernel_scaling.py`` runs each way (every fused
+forward and backward kernel, [256, 1024] to [16384, 1024], 1 and 2 threads):
+the median cell ran 1.19x faster with 512-bit vectors at one thread and 1.25x
+at two, 76 of 80 cells faster (per cell 0.91-2.38x); at two threads 1.44x at
+[256, 1024] (cache-resident) and 1.07x at [16384, 1024] (DRAM). A flat float32
+``exp`` loop over 4M elements: 2.39 -> 1.65 ms at one thread.
+
+So unless told otherwise, :func:`configure` hands numba the host's features plus
+``-prefer-256-bit`` (LLVM's name for that tuning flag) where the host has
+``avx512f``. numba fixes its target when the first function is decorated, so
+this applies only when no ``@njit`` function was created in the process before
+``kernels`` was imported; it is a code-generation preference, not an ISA change
+(the same instructions are allowed either way), and it reaches every numba
+function of the process compiled afterwards. The cache keys compiled code by
+the feature string, so both widths can be cached side by side.
+
+``ELBOBENCH_NUMBA_VECTOR_BITS``: ``auto`` (default; 512 where the host has
+AVX-512) or ``256`` (leave numba's own choice). An explicit ``NUMBA_CPU_NAME``
+or ``NUMBA_CPU_FEATURES`` is the user's and is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numba
+
+ENV = "ELBOBENCH_NUMBA_VECTOR_BITS"
+CHOICES = ("auto", "256")
+_PREFER_256 = "prefer-256-bit"
+_state: str | None = None
+
+
+def _target_created() -> bool:
+    """Whether numba already built its CPU target (its features are then fixed for the process)."""
+    from numba.core import registry
+
+    return "_toplevel_target_context" in vars(registry.cpu_target)
+
+
+def requested() -> str:
+    """The value of ``ELBOBENCH_NUMBA_VECTOR_BITS`` (``auto`` when unset); a bad value is an error."""
+    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV} must be one of {list(CHOICES)}, got {os.environ.get(ENV)!r}")
+    return value
+
+
+def configure() -> str:
+    """Set numba's target features for the kernels once per process; return a one-line description of the outcome."""
+    global _state
+    if _state is not None:
+        return _state
+    choice = requested()
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        _state = "numba's target set by NUMBA_CPU_NAME/NUMBA_CPU_FEATURES"
+        return _state
+    import llvmlite.binding as ll
+
+    try:
+        features = ll.get_host_cpu_features()
+    except RuntimeError:  # pragma: no cover - LLVM cannot read this host's features
+        _state = "numba's default vectors (host features unknown)"
+        return _state
+    if not features.get("avx512f", False) or not numba.config.ENABLE_AVX:
+        _state = "numba's default vectors (no AVX-512 here)"
+    elif choice == "256":
+        _state = f"numba's default vectors ({ENV}=256)"
+    elif _target_created():
+        _state = "numba's default vectors (numba compiled something before kernels was imported)"
+    else:
+        numba.config.CPU_FEATURES = features.flatten() + f",-{_PREFER_256}"
+        _state = "512-bit vectors (AVX-512)"
+    return _state
+
+
+def wide_vectors() -> bool:
+    """Whether numba's codegen in this process prefers 512-bit vectors (the target is built if it was not yet)."""
+    from numba.core import registry
+
+    return f"-{_PREFER_256}" in registry.cpu_target.target_context.codegen()._tm_features
