@@ -41,6 +41,7 @@ EXAMPLES = """examples:
   elbobench speed --quick
   elbobench speed --dataset mnist5k --estimators reparam --backends numba,torch --batch-sizes 20,128,1024
   elbobench speed --kernel-sizes 256x64,4096x1024 --backends numba,torch --no-estimators
+  elbobench speed --kernel-sizes 4096x1024,16384x1024 --no-estimators --interleave-kernels
 """
 
 PROFILED_OPS = ("normal_rsample", "normal_kl_std", "normal_rsample_kl", "normal_log_prob", "bernoulli_log_prob")
@@ -387,6 +388,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kernel-sizes", default=None, help="comma-separated ROWSxCOLS for the kernel ops (default 256x64,4096x256)"
     )
     g.add_argument("--no-kernels", action="store_true", help="skip the kernel benchmarks")
+    g.add_argument(
+        "--interleave-kernels",
+        action="store_true",
+        help="time each kernel cell's backends and a same-size copy in rotating rounds "
+        "(bench.kernel_speed.time_round_robin) instead of one backend after the other",
+    )
     g.add_argument("--no-estimators", action="store_true", help="skip the estimator/training throughput")
     g.add_argument("--repeats", type=opt.positive_int, default=20, help="timed repeats per measurement")
 
@@ -403,6 +410,8 @@ def resolve(args: argparse.Namespace) -> tuple[dict, dict]:
         else opt.parse_sizes(args.kernel_sizes or "256x64,4096x256", "--kernel-sizes"),
         "repeats": args.repeats,
     }
+    if args.interleave_kernels:
+        kw["kernel_options"] = {"interleave": True}
     return common, kw
 
 

@@ -438,3 +438,15 @@ def test_training_summary_says_its_examples_per_s_are_not_a_backend_comparison()
     two = T.summary(rows(["numba", "torch"]))
     assert "one after another" in two and "throughput table" in two and "interleaved" in two
     assert "one after another" not in T.summary(rows(["torch"]))
+
+
+@pytest.mark.parametrize(("extra", "options"), [([], None), (["--interleave-kernels"], {"interleave": True})])
+def test_speed_interleave_kernels_reaches_kernel_speed(extra, options):
+    import argparse
+
+    from bench import speed as S
+
+    parser = argparse.ArgumentParser()
+    S.add_arguments(parser)
+    _, kw = S.resolve(parser.parse_args(["--kernel-sizes", "8x8", *extra]))
+    assert kw.get("kernel_options") == options
