@@ -191,18 +191,47 @@ def _time(fn: Callable, repeats: int, warmup: int = 2) -> list[float]:
     return out
 
 
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``range(n)`` in which every item runs right after every other one equally often.
+
+    A Williams design (Williams, 1949, "Experimental designs balanced for the
+    estimation of residual effects of treatments", Aust. J. Sci. Res. A 2): the
+    first order is ``0, 1, n-1, 2, n-2, ...``, order ``i`` adds ``i`` to it modulo
+    ``n``; for odd ``n`` the reversed orders follow. Within one order, each item
+    follows each other item once over the ``n`` orders (``n`` even) or twice over
+    the ``2 n`` orders (``n`` odd). A plain rotation would not do that: with four
+    callables, one of them runs after the same neighbour in three rounds of four.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    orders = [[(v + i) % n for v in first] for i in range(n)]
+    if n % 2:
+        orders += [o[::-1] for o in orders]
+    return orders
+
+
 def time_round_robin(
     fns: dict[str, Callable], *, repeats: int, warmup: int = 2, around: Callable | None = None
 ) -> dict[str, list[float]]:
-    """Seconds per call of each ``fns[name]()``, timed in rounds: one call of each per round, the order rotated.
+    """Seconds per call of each ``fns[name]()``, timed in rounds: one call of each per round, in balanced orders.
 
     Timing one callable's repeats after another's lets a burst of load on a shared
     machine (another tenant's memory traffic) land on one of them only; in rounds
-    it hits all of them alike, so a ratio of their medians compares like with like
-    (as :func:`bench.train.lockstep_throughput` does for whole trainings). The
-    rotation keeps any one of them from always running right after the same
-    neighbour. ``around(name)``, when given, is a context manager entered around
-    each of ``name``'s calls (``kernels.use_backend``, say), outside the timed interval.
+    it hits all of them alike (as :func:`bench.train.lockstep_throughput` does for
+    whole trainings). The rounds take their orders from :func:`balanced_orders`, so
+    no callable always runs right after the same neighbour (whose writes it would
+    find in cache, or whose evictions it would pay for). What a call finds in cache
+    is then whatever the other callables left: give each its own inputs when they
+    should not warm each other's. ``around(name)``, when given, is a context
+    manager entered around each of ``name``'s calls (``kernels.use_backend``, say),
+    outside the timed interval.
     """
     names = list(fns)
     enter = around if around is not None else (lambda _name: contextlib.nullcontext())
@@ -211,9 +240,10 @@ def time_round_robin(
             for _ in range(warmup):
                 fns[name]()
     out: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
+    orders = balanced_orders(len(names)) if names else []
+    for i in range(repeats if names else 0):
+        for k in orders[i % len(orders)]:
+            name = names[k]
             with enter(name):
                 t0 = time.perf_counter()
                 fns[name]()
@@ -266,6 +296,11 @@ def _public_call(op: str, backend: str | None, compiled: dict):
     if op == "normal_rsample_kl_noise":
         return lambda mu, logvar: kernels.normal_rsample_kl(mu, logvar, seed=1, backend=backend)
     return lambda *a: getattr(kernels, op)(*a, backend=backend)
+
+
+def _own(inputs: dict) -> dict:
+    """A copy of every input tensor (same values, new memory)."""
+    return {name: t.clone() for name, t in inputs.items()}
 
 
 def _cell_call(op, backend, pass_, inputs, ups, dtype, size, compiled, compile_warmup):
@@ -359,7 +394,11 @@ def kernel_speed(
             and add that copy as a ``"copy"`` ``GB/s`` row of the cell (``op``
             ``"<op>:<pass>"``), which :func:`summary` then takes as the cell's
             bandwidth reference. Ratios between backends and against copy then
-            come from the same seconds of a shared machine.
+            come from the same seconds of a shared machine. Each backend then
+            reads its own copy of the inputs, and what it finds in cache is
+            what the other calls of the round left (at sizes near the
+            last-level cache, little): the copy reference is then a copy of
+            cold data too, not the cache-resident copy of back-to-back calls.
 
     Returns:
         DataFrame with the columns of :class:`bench.results.Result`; ``op`` is
@@ -395,7 +434,10 @@ def kernel_speed(
     try:
         import numba
 
+        from kernels import _numba_target
+
         threads["numba_threads"] = numba.get_num_threads()
+        threads["numba_vectors"] = _numba_target.describe()
     except ImportError:  # pragma: no cover
         pass
     rows_out = []
@@ -457,7 +499,10 @@ def kernel_speed(
                 cell = {}
                 for backend in usable:
                     if backend != "copy":
-                        made = _cell_call(op, backend, pass_, inputs, ups, dtype, size, compiled, compile_warmup)
+                        # interleaved, each backend reads its own copy of the inputs: one backend's
+                        # reads must not leave the next one's inputs in cache
+                        ins, up = (_own(inputs), [u.clone() for u in ups]) if interleave else (inputs, ups)
+                        made = _cell_call(op, backend, pass_, ins, up, dtype, size, compiled, compile_warmup)
                         if made is not None:
                             cell[backend] = made
                 if not cell:

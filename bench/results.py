@@ -260,6 +260,7 @@ class Manifest:
     gpu: str = ""
     torch_threads: int = 0
     numba_threads: int = 0
+    numba_vectors: str = ""
     environment: dict = field(default_factory=dict)
     versions: dict = field(default_factory=package_versions)
     git_commit: str = field(default_factory=git_commit)
@@ -274,15 +275,19 @@ class Manifest:
         try:
             import numba
 
+            from kernels import _numba_target
+
             nthreads = numba.get_num_threads()
+            vectors = _numba_target.describe()  # the vector width the numba kernels are compiled for
         except ImportError:  # pragma: no cover
-            nthreads = 0
+            nthreads, vectors = 0, ""
         env = {k: v for k, v in os.environ.items() if k.startswith(("NUMBA_", "TRITON_", "ELBOBENCH_", "OMP_"))}
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
         return cls(
             gpu=gpu,
             torch_threads=torch.get_num_threads(),
             numba_threads=nthreads,
+            numba_vectors=vectors,
             environment=env,
             extra=extra,
         )

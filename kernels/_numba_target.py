@@ -16,21 +16,26 @@ at two, 76 of 80 cells faster (per cell 0.91-2.38x); at two threads 1.44x at
 
 So unless told otherwise, :func:`configure` hands numba the host's features plus
 ``-prefer-256-bit`` (LLVM's name for that tuning flag) where the host has
-``avx512f``. numba fixes its target when the first function is decorated, so
-this applies only when no ``@njit`` function was created in the process before
+``avx512f``. numba fixes its target when the first ``@njit`` function is
+decorated, so this applies only when none was created in the process before
 ``kernels`` was imported; it is a code-generation preference, not an ISA change
 (the same instructions are allowed either way), and it reaches every numba
 function of the process compiled afterwards. The cache keys compiled code by
 the feature string, so both widths can be cached side by side.
 
-``ELBOBENCH_NUMBA_VECTOR_BITS``: ``auto`` (default; 512 where the host has
-AVX-512) or ``256`` (leave numba's own choice). An explicit ``NUMBA_CPU_NAME``
-or ``NUMBA_CPU_FEATURES`` is the user's and is left alone.
+``ELBOBENCH_NUMBA_VECTOR_BITS``: ``auto`` (default; 512-bit where the host has
+AVX-512) or ``256`` (``+prefer-256-bit``: 256-bit vectors even where LLVM's
+tuning for the host would pick 512, as it does for AMD Zen 4). A CPU name or
+feature string the user gave numba (``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES``
+or numba's config file) is left alone. A value it does not know is reported
+with a warning and treated as ``auto``: ``import kernels`` must not fail for
+the torch and triton backends over a numba setting.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numba
 
@@ -60,9 +65,13 @@ def configure() -> str:
     global _state
     if _state is not None:
         return _state
-    choice = requested()
-    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
-        _state = "numba's target set by NUMBA_CPU_NAME/NUMBA_CPU_FEATURES"
+    try:
+        choice = requested()
+    except ValueError as exc:
+        warnings.warn(f"{exc}; using 'auto'", stacklevel=2)
+        choice = "auto"
+    if numba.config.CPU_NAME is not None or numba.config.CPU_FEATURES is not None:
+        _state = "numba's target as the user set it (NUMBA_CPU_NAME/NUMBA_CPU_FEATURES)"
         return _state
     import llvmlite.binding as ll
 
@@ -73,18 +82,29 @@ def configure() -> str:
         return _state
     if not features.get("avx512f", False) or not numba.config.ENABLE_AVX:
         _state = "numba's default vectors (no AVX-512 here)"
-    elif choice == "256":
-        _state = f"numba's default vectors ({ENV}=256)"
     elif _target_created():
-        _state = "numba's default vectors (numba compiled something before kernels was imported)"
+        _state = "numba's default vectors (a numba function was decorated before kernels was imported)"
     else:
-        numba.config.CPU_FEATURES = features.flatten() + f",-{_PREFER_256}"
-        _state = "512-bit vectors (AVX-512)"
+        sign = "+" if choice == "256" else "-"
+        numba.config.CPU_FEATURES = features.flatten() + f",{sign}{_PREFER_256}"
+        _state = f"256-bit vectors ({ENV}=256)" if choice == "256" else "512-bit vectors (AVX-512)"
     return _state
 
 
 def wide_vectors() -> bool:
-    """Whether numba's codegen in this process prefers 512-bit vectors (the target is built if it was not yet)."""
+    """Whether numba's codegen in this process was told to prefer 512-bit vectors (the target is built if not yet)."""
     from numba.core import registry
 
     return f"-{_PREFER_256}" in registry.cpu_target.target_context.codegen()._tm_features
+
+
+def describe() -> str:
+    """:func:`configure`'s outcome, checked against the feature string numba's codegen actually holds."""
+    state = configure()
+    from numba.core import registry
+
+    features = registry.cpu_target.target_context.codegen()._tm_features
+    for claim, flag in (("512-bit", f"-{_PREFER_256}"), ("256-bit", f"+{_PREFER_256}")):
+        if state.startswith(claim) and flag not in features:
+            return f"numba's default vectors (the {claim} setting did not reach numba's codegen)"
+    return state

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections import Counter
 
 import pandas as pd
 import pytest
 import torch
 
-from bench.kernel_speed import BYTE_MODEL, kernel_speed, op_bytes, summary, time_round_robin
+from bench.kernel_speed import BYTE_MODEL, balanced_orders, kernel_speed, op_bytes, summary, time_round_robin
 from bench.results import FIELDS
 
 
@@ -72,21 +73,38 @@ def test_bad_arguments():
         kernel_speed(sizes=[(4, 4)], ops=("normal_kl_std",), backends=("nope",), passes=("forward",), repeats=1)
 
 
-def test_round_robin_gives_every_callable_its_repeats_in_rotating_order():
+def test_round_robin_gives_every_callable_its_repeats_in_balanced_orders():
     calls, entered = [], []
-    fns = {name: (lambda n=name: calls.append(n)) for name in "abc"}
+    fns = {name: (lambda n=name: calls.append(n)) for name in "abcd"}
 
     @contextlib.contextmanager
     def around(name):
         entered.append(name)
         yield
 
-    out = time_round_robin(fns, repeats=4, warmup=1, around=around)
-    assert {k: len(v) for k, v in out.items()} == {"a": 4, "b": 4, "c": 4}
+    out = time_round_robin(fns, repeats=5, warmup=1, around=around)
+    assert {k: len(v) for k, v in out.items()} == {"a": 5, "b": 5, "c": 5, "d": 5}
     assert all(t >= 0 for v in out.values() for t in v)
-    # one warm-up call each, then rounds whose order rotates by one every round
-    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")
+    # one warm-up call each, then a Williams design: abdc, bcad, cdba, dacb, and again
+    assert "".join(calls) == "abcd" + "abdc" + "bcad" + "cdba" + "dacb" + "abdc"
     assert entered == calls  # the context is entered around every call, warm-up included
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_balanced_orders_put_every_item_after_every_other_equally_often(n):
+    orders = balanced_orders(n)
+    assert all(sorted(o) == list(range(n)) for o in orders)
+    follows = Counter((o[i], o[i + 1]) for o in orders for i in range(n - 1))
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+    assert set(follows) == set(pairs)
+    assert len(set(follows.values())) <= 1  # each ordered pair equally often
+    firsts = Counter(o[0] for o in orders)
+    assert len(set(firsts.values())) == 1  # and each item leads equally often
+
+
+def test_balanced_orders_need_an_item():
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        balanced_orders(0)
 
 
 def test_interleaved_cells_carry_their_own_copy():
@@ -115,3 +133,22 @@ def test_interleaved_cells_carry_their_own_copy():
 def test_sequential_is_the_default_and_says_so(table):
     assert not any(json.loads(c)["interleaved"] for c in table["config"])
     assert (table[table["backend"] == "copy"]["op"] == "copy").all()
+
+
+@pytest.mark.parametrize("interleave", [False, True])
+def test_interleaved_backends_read_their_own_inputs(monkeypatch, interleave):
+    import bench.kernel_speed as ks
+
+    seen = {}
+    real = ks._cell_call
+
+    def spy(op, backend, pass_, inputs, ups, *rest):
+        seen[backend] = {n: t.data_ptr() for n, t in inputs.items()}
+        seen[backend]["ups"] = ups[0].data_ptr()
+        return real(op, backend, pass_, inputs, ups, *rest)
+
+    monkeypatch.setattr(ks, "_cell_call", spy)
+    kernel_speed(sizes=[(8, 16)], ops=["normal_log_prob"], backends=("torch", "numba"), passes=("forward",),
+                 repeats=1, interleave=interleave)  # fmt: skip
+    shared = set(seen["torch"].items()) & set(seen["numba"].items())
+    assert (not shared) if interleave else (shared == set(seen["torch"].items()))

@@ -38,7 +38,7 @@ def twice(x, y):
 x = np.ones(4096, np.float32)
 twice(x, np.empty_like(x))
 asm = twice.inspect_asm(twice.signatures[0])
-print(json.dumps({"state": t.configure(), "wide": t.wide_vectors(), "zmm": "zmm" in asm}))
+print(json.dumps({"state": t.configure(), "described": t.describe(), "wide": t.wide_vectors(), "zmm": "zmm" in asm}))
 """
 
 
@@ -46,37 +46,63 @@ def _probe(env_extra: dict, mode: str = "plain") -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", _numba_target.ENV)}
     env.update(env_extra)
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+        [sys.executable, "-W", "always", "-c", PROBE, mode], env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got["stderr"] = out.stderr
+    return got
+
+
+def _numba_default_zmm() -> bool:
+    """Whether numba's own choice for this host (the features as LLVM reads them, no tuning change) uses zmm."""
+    return _probe({"NUMBA_CPU_FEATURES": ll.get_host_cpu_features().flatten()})["zmm"]
 
 
 def test_default_uses_512_bit_vectors_where_the_host_has_avx512():
     got = _probe({})
+    assert got["described"] == got["state"]
     if HAS_AVX512:
-        assert got == {"state": "512-bit vectors (AVX-512)", "wide": True, "zmm": True}
+        assert got["state"] == "512-bit vectors (AVX-512)" and got["wide"] and got["zmm"]
     else:
         assert got["state"] == "numba's default vectors (no AVX-512 here)" and not got["wide"] and not got["zmm"]
 
 
-def test_256_leaves_numbas_default():
+def test_256_means_256_bit_vectors():
     got = _probe({_numba_target.ENV: "256"})
-    assert not got["wide"] and not got["zmm"]
-    if HAS_AVX512:
-        assert got["state"] == f"numba's default vectors ({_numba_target.ENV}=256)"
+    assert not got["wide"] and not got["zmm"] and got["described"] == got["state"]
+    if HAS_AVX512:  # +prefer-256-bit, whatever LLVM's tuning for this CPU would pick
+        assert got["state"] == f"256-bit vectors ({_numba_target.ENV}=256)"
 
 
 def test_the_users_numba_target_is_left_alone():
     got = _probe({"NUMBA_CPU_FEATURES": ll.get_host_cpu_features().flatten()})
-    assert got["state"] == "numba's target set by NUMBA_CPU_NAME/NUMBA_CPU_FEATURES" and not got["wide"]
+    assert got["state"] == "numba's target as the user set it (NUMBA_CPU_NAME/NUMBA_CPU_FEATURES)"
+    assert not got["wide"]
 
 
 @pytest.mark.skipif(not HAS_AVX512, reason="only an AVX-512 host would change the width")
 def test_too_late_when_numba_compiled_first():
     got = _probe({}, mode="numba-first")
-    assert got["state"] == "numba's default vectors (numba compiled something before kernels was imported)"
-    assert not got["wide"] and not got["zmm"]
+    assert got["state"] == "numba's default vectors (a numba function was decorated before kernels was imported)"
+    assert not got["wide"] and got["zmm"] == _numba_default_zmm()
+
+
+def test_an_unknown_value_warns_and_import_still_works():
+    got = _probe({_numba_target.ENV: "512"})
+    assert f"{_numba_target.ENV} must be one of ['auto', '256'], got '512'; using 'auto'" in got["stderr"]
+    assert got["state"] == _probe({})["state"]  # treated as auto
+
+
+def test_describe_says_when_the_setting_did_not_reach_the_codegen(monkeypatch):
+    from numba.core import registry
+
+    features = registry.cpu_target.target_context.codegen()._tm_features
+    # claim the width this process's codegen was not told to use
+    claim = "512-bit" if "+prefer-256-bit" in features else "256-bit"
+    monkeypatch.setattr(_numba_target, "_state", f"{claim} vectors (claimed)")
+    assert _numba_target.describe() == f"numba's default vectors (the {claim} setting did not reach numba's codegen)"
 
 
 @pytest.mark.parametrize("value", ["auto", "AUTO", " 256 ", ""])

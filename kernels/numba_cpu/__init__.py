@@ -72,7 +72,7 @@ def describe(device: str = "cpu") -> str:
     cap = f"output pool up to {pool['cap_bytes'] >> 20} MiB" if pool["enabled"] else "output pool off"
     return (
         f"numba {numba.__version__}, {numba.get_num_threads()} threads, layer {numba.config.THREADING_LAYER}, "
-        f"{_numba_target.configure()}, {cap}, cache at {CACHE_DIR}"
+        f"{_numba_target.describe()}, {cap}, cache at {CACHE_DIR}"
     )
 
 
