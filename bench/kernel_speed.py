@@ -52,6 +52,7 @@ from kernels import reference as ref
 __all__ = [
     "BYTE_MODEL",
     "DEFAULT_OPS",
+    "balanced_orders",
     "DEFAULT_SIZES",
     "NOISE_OPS",
     "kernel_speed",
@@ -234,14 +235,16 @@ def time_round_robin(
     outside the timed interval.
     """
     names = list(fns)
+    if not names:
+        return {}
     enter = around if around is not None else (lambda _name: contextlib.nullcontext())
     for name in names:
         with enter(name):
             for _ in range(warmup):
                 fns[name]()
     out: dict[str, list[float]] = {name: [] for name in names}
-    orders = balanced_orders(len(names)) if names else []
-    for i in range(repeats if names else 0):
+    orders = balanced_orders(len(names))
+    for i in range(repeats):
         for k in orders[i % len(orders)]:
             name = names[k]
             with enter(name):

@@ -133,7 +133,7 @@ def kernel_profile(est, model, x, *, num_samples: int = 1, repeats: int = 10, se
 
 
 def time_interleaved(fns: dict, *, repeats: int = 20, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each ``fns[backend]()``, the calls interleaved (order rotating), each under its backend.
+    """Seconds per call of each ``fns[backend]()``, the calls interleaved (balanced orders), each under its backend.
 
     :func:`bench.kernel_speed.time_round_robin` with ``kernels.use_backend`` around each call.
     """
@@ -391,7 +391,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--interleave-kernels",
         action="store_true",
-        help="time each kernel cell's backends and a same-size copy in rotating rounds "
+        help="time each kernel cell's backends and a same-size copy in balanced rounds "
         "(bench.kernel_speed.time_round_robin) instead of one backend after the other",
     )
     g.add_argument("--no-estimators", action="store_true", help="skip the estimator/training throughput")

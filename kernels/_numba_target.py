@@ -91,19 +91,22 @@ def configure() -> str:
     return _state
 
 
-def wide_vectors() -> bool:
-    """Whether numba's codegen in this process was told to prefer 512-bit vectors (the target is built if not yet)."""
+def _codegen_features() -> str:
+    """The feature string numba's CPU codegen holds (the target is built if it was not yet)."""
     from numba.core import registry
 
-    return f"-{_PREFER_256}" in registry.cpu_target.target_context.codegen()._tm_features
+    return registry.cpu_target.target_context.codegen()._tm_features
+
+
+def wide_vectors() -> bool:
+    """Whether numba's codegen in this process was told to prefer 512-bit vectors."""
+    return f"-{_PREFER_256}" in _codegen_features()
 
 
 def describe() -> str:
     """:func:`configure`'s outcome, checked against the feature string numba's codegen actually holds."""
     state = configure()
-    from numba.core import registry
-
-    features = registry.cpu_target.target_context.codegen()._tm_features
+    features = _codegen_features()
     for claim, flag in (("512-bit", f"-{_PREFER_256}"), ("256-bit", f"+{_PREFER_256}")):
         if state.startswith(claim) and flag not in features:
             return f"numba's default vectors (the {claim} setting did not reach numba's codegen)"

@@ -2,7 +2,8 @@
 
 Each run times every op x backend x pass at the issue's sizes
 (:func:`bench.kernel_speed.kernel_speed`), each cell's backends and a copy of
-the same size in rotating rounds (one call of each per round), so that every
+the same size in rounds (one call of each per round, in balanced orders, each
+backend on its own copy of the inputs), so that every
 ratio compares calls made in the same seconds of a shared machine; ``--sequential``
 times them one backend after the other instead. Each run is written to ``OUT/run-<k>.csv``
 as soon as it finishes, so an interrupted session keeps the runs it completed
@@ -51,7 +52,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--sequential",
         action="store_true",
         help="time each backend's repeats one after the other, and the copy once per size, as before "
-        "interleaving (default: every cell's backends and a same-size copy in rotating rounds)",
+        "interleaving (default: every cell's backends and a same-size copy in balanced rounds)",
     )
     return p.parse_args(argv)
 
