@@ -438,9 +438,11 @@ def kernel_speed(
         import numba
 
         from kernels import _numba_target
+        from kernels.numba_cpu import _stream
 
         threads["numba_threads"] = numba.get_num_threads()
         threads["numba_vectors"] = _numba_target.describe()
+        threads["numba_stores"] = _stream.describe()
     except ImportError:  # pragma: no cover
         pass
     rows_out = []

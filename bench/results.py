@@ -261,6 +261,7 @@ class Manifest:
     torch_threads: int = 0
     numba_threads: int = 0
     numba_vectors: str = ""
+    numba_stores: str = ""
     environment: dict = field(default_factory=dict)
     versions: dict = field(default_factory=package_versions)
     git_commit: str = field(default_factory=git_commit)
@@ -276,11 +277,13 @@ class Manifest:
             import numba
 
             from kernels import _numba_target
+            from kernels.numba_cpu import _stream
 
             nthreads = numba.get_num_threads()
             vectors = _numba_target.describe()  # the vector width the numba kernels are compiled for
+            stores = _stream.describe()  # whether their large outputs use non-temporal stores
         except ImportError:  # pragma: no cover
-            nthreads, vectors = 0, ""
+            nthreads, vectors, stores = 0, "", ""
         env = {k: v for k, v in os.environ.items() if k.startswith(("NUMBA_", "TRITON_", "ELBOBENCH_", "OMP_"))}
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
         return cls(
@@ -288,6 +291,7 @@ class Manifest:
             torch_threads=torch.get_num_threads(),
             numba_threads=nthreads,
             numba_vectors=vectors,
+            numba_stores=stores,
             environment=env,
             extra=extra,
         )

@@ -9,6 +9,8 @@ One module per op family, each holding its kernels, launchers and
 * :mod:`._math` -- vectorizable exp/log/log1p/softplus/sigmoid (pip's llvmlite
   has no SVML, so ``np.exp`` in a loop would not vectorize);
 * noise comes from :mod:`kernels.philox` (the same stream as every backend);
+* :mod:`._stream` -- outputs of at least 8 MiB are written with non-temporal
+  stores on Intel x86-64 (``ELBOBENCH_NUMBA_STREAM_STORES=auto|on|off``);
 * :mod:`._pool` -- new outputs of at least 128 KiB come from a reuse pool
   (``release_buffers()``, ``buffer_pool_info()``; ``ELBOBENCH_NUMBA_POOL_MB``
   caps it, 0 turns it off), which saves the page faults of fresh memory.
@@ -31,6 +33,7 @@ CACHE_DIR = _numba_cache.configure()  # before any @njit(cache=True) below is de
 
 import numba  # noqa: E402
 
+from . import _stream  # noqa: E402
 from ._common import noise  # noqa: E402
 from ._pool import info as buffer_pool_info  # noqa: E402
 from ._pool import release as release_buffers  # noqa: E402
@@ -72,7 +75,7 @@ def describe(device: str = "cpu") -> str:
     cap = f"output pool up to {pool['cap_bytes'] >> 20} MiB" if pool["enabled"] else "output pool off"
     return (
         f"numba {numba.__version__}, {numba.get_num_threads()} threads, layer {numba.config.THREADING_LAYER}, "
-        f"{_numba_target.describe()}, {cap}, cache at {CACHE_DIR}"
+        f"{_numba_target.describe()}, {_stream.describe()}, {cap}, cache at {CACHE_DIR}"
     )
 
 

@@ -77,6 +77,7 @@ from ._layout import (
     view,
 )
 from ._math import cst, fexp, seg
+from ._stream import block_out, num_tasks_for, stream_block, stream_buffers, stream_fence, task_buffer
 
 # --------------------------------------------------------------------------- kernels
 
@@ -106,13 +107,15 @@ def _noise_at_impl(eps, e_, j, k0, k1, idx):
 
 
 @njit(**JIT_OPTIONS)
-def _fwd_rows(r0, r1, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
+def _fwd_rows(r0, r1, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, sb):
     # Rows r0 .. r1 - 1. mu, lv: mean, log variance, read as rows of their layouts
     # (see _layout); sp: exp(lv / 2) through lv's layout, or None; eps: noise or
     # None (Philox at the row-major index of z); z: [R*D] output or None; kl: [R]
     # output or None. Blocks of BLOCK elements, each indexed from 0 (see
     # _math.seg), summed in float32 lanes, then float64; a row of at most BLOCK
-    # elements is one block, read without slicing it again.
+    # elements is one block, read without slicing it again. sb: None, or a
+    # BLOCK-element staging buffer: z's blocks are computed into it and written
+    # out with non-temporal stores (_stream).
     half = cst(mu, 0.5)
     one = cst(mu, 1.0)
     for r in range(r0, r1):
@@ -126,6 +129,7 @@ def _fwd_rows(r0, r1, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
                 m_, v_, s_, e_, z_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(sr, lo, hi), seg(er, lo, hi), seg(zr, lo, hi)
             else:
                 m_, v_, s_, e_, z_ = mr, vr, sr, er, zr
+            zw = block_out(z_, sb)
             idx0 = np.uint64(start + lo)  # Philox index of the block's first element (see _bwd_rows)
             part = cst(mu, 0.0)
             for j in range(hi - lo):
@@ -133,25 +137,28 @@ def _fwd_rows(r0, r1, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
                 v = v_[j]
                 s = std_of(sp, s_, j, v)
                 if z is not None:
-                    z_[j] = m + s * cst(mu, noise_at(eps, e_, j, k0, k1, idx0 + np.uint64(j)))
+                    zw[j] = m + s * cst(mu, noise_at(eps, e_, j, k0, k1, idx0 + np.uint64(j)))
                 if kl is not None:
                     part += s * s + m * m - one - v
+            stream_block(z_, sb, hi - lo)
             acc += np.float64(part * half)
         if kl is not None:
             kl[r] = cst(kl, acc)
+    stream_fence(sb)
 
 
 @njit(**JIT_OPTIONS)
-def _fwd_serial(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
-    _fwd_rows(0, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
+def _fwd_serial(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, bufs):
+    _fwd_rows(0, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, task_buffer(bufs, 0))
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _fwd_parallel(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl):
-    n = tasks(R, D)
+def _fwd_parallel(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, bufs):
+    # bufs: None, or one staging buffer per task (_stream.stream_buffers: fewer, larger tasks)
+    n = num_tasks_for(bufs, tasks(R, D))
     for t in prange(n):
         lo, hi = task(t, n, R)
-        _fwd_rows(lo, hi, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl)
+        _fwd_rows(lo, hi, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, task_buffer(bufs, t))
 
 
 @njit(**JIT_OPTIONS)  # a call, not IR inlining: numba prunes the None branches only in a compiled signature
@@ -254,7 +261,7 @@ def _fwd_small(w, R, D, pm, nm, mul, pv, nv, lvl, pe, ne, el, k0, k1, pz, pk):
     if D < SHORT_ROW:
         _fwd_chunked_serial(R, D, mu, mul, lv, lvl, None, eps, el, k0, k1, z, kl)
     else:
-        _fwd_rows(0, R, D, mu, mul, lv, lvl, None, eps, el, k0, k1, z, kl)
+        _fwd_rows(0, R, D, mu, mul, lv, lvl, None, eps, el, k0, k1, z, kl, None)
 
 
 @njit(**JIT_OPTIONS)
@@ -399,9 +406,10 @@ def forward(mu, logvar, eps, seed, want_z, want_kl, *, z_out=None, kl_out=None, 
     k0, k1 = keys(seed if eps is None else None)
     if D < SHORT_ROW:
         kernel = _fwd_chunked_parallel if use_parallel(n) else _fwd_chunked_serial
+        kernel(R, D, *args, k0, k1, za, kla)
     else:
         kernel = _fwd_parallel if use_parallel(n) else _fwd_serial
-    kernel(R, D, *args, k0, k1, za, kla)
+        kernel(R, D, *args, k0, k1, za, kla, stream_buffers(za, R, D))  # staging buffers when z streams
     return z, kl
 
 

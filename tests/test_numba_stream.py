@@ -1,0 +1,246 @@
+"""Non-temporal stores of the numba kernels' large outputs (:mod:`kernels.numba_cpu._stream`).
+
+The streaming path computes the same values as the plain one and stores them
+differently, so its results must be bitwise equal to the plain path's. The
+tests force it on small shapes (threshold 0) and check every alignment of the
+output's start, both dtypes, eps given and drawn, serial and parallel kernels,
+and that the compiled copy really uses non-temporal stores.
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+import kernels
+from kernels.numba_cpu import _stream
+from kernels.numba_cpu._flags import BLOCK
+
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+needs_x86 = pytest.mark.skipif(not X86, reason="non-temporal stores are x86-64 only")
+
+
+@pytest.fixture
+def streaming(monkeypatch):
+    """Every output streams (threshold 0), as on a host where ``auto`` turns them on."""
+    monkeypatch.setattr(_stream, "ENABLED", True)
+    monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
+
+
+# --------------------------------------------------------------------------- the copy itself
+
+
+@needs_x86
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 7, 15, 16, 17, 31, 100, 256, 1000])
+def test_stream_copy_every_start_alignment(dtype, n):
+    rng = np.random.default_rng(n)
+    src = rng.standard_normal(n).astype(dtype)
+    sb = np.empty(BLOCK, dtype)
+    width = 64 // np.dtype(dtype).itemsize
+    for offset in range(width + 1):  # every position of the first element within a cache line
+        buf = np.full(n + offset + 1, -7.0, dtype)
+        out = buf[offset : offset + n]
+        _stream.stream_copy(out, src, sb)
+        np.testing.assert_array_equal(out, src)
+        assert np.all(buf[:offset] == -7.0) and buf[offset + n] == -7.0, "wrote outside the output"
+
+
+@needs_x86
+def test_stream_copy_uses_non_temporal_stores():
+    # compiled afresh: a dispatcher loaded from the on-disk cache has no assembly to show
+    fresh = numba.njit(_stream.stream_copy.py_func)
+    a = np.ones(1000, np.float32)
+    fresh(np.empty_like(a), a, np.empty(BLOCK, np.float32))
+    assert "movnt" in fresh.inspect_asm(fresh.signatures[0]), "no non-temporal store in the compiled copy"
+
+
+# --------------------------------------------------------------------------- the fused kernels
+
+
+def _inputs(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=dtype) for _ in range(3)]
+
+
+def _forward(op, mu, lv, eps, seed, z_out=None):
+    from kernels.numba_cpu import gaussian
+
+    want_kl = op == "normal_rsample_kl"
+    return gaussian.forward(mu, lv, eps, seed, True, want_kl, z_out=z_out)
+
+
+CASES = [
+    ((700, 513), torch.float32),  # parallel, rows longer than BLOCK with a tail block
+    ((700, 513), torch.float64),
+    ((300, 1024), torch.float32),
+    ((5, 300), torch.float32),  # serial kernel
+    ((2, 150, 256), torch.float64),  # 3-D, rows of exactly BLOCK
+    ((1000, 40), torch.float32),  # rows shorter than BLOCK
+]
+
+
+@needs_x86
+@pytest.mark.parametrize("shape,dtype", CASES)
+@pytest.mark.parametrize("op", ["normal_rsample", "normal_rsample_kl"])
+@pytest.mark.parametrize("noise", ["eps", "philox"])
+def test_fused_forward_streaming_is_bitwise_plain(monkeypatch, shape, dtype, op, noise):
+    mu, lv, eps = _inputs(shape, dtype)
+    e, seed = (eps, None) if noise == "eps" else (None, 1234)
+    monkeypatch.setattr(_stream, "ENABLED", False)
+    z0, kl0 = _forward(op, mu, lv, e, seed)
+    z0 = z0.clone()
+    kl0 = None if kl0 is None else kl0.clone()
+    monkeypatch.setattr(_stream, "ENABLED", True)
+    monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
+    item = torch.empty((), dtype=dtype).element_size()
+    for offset in (0, 1, 64 // item - 1):  # output aligned to a line, and not
+        buf = torch.full((z0.numel() + offset,), float("nan"), dtype=dtype)
+        z_out = buf[offset:].view(shape)
+        z1, kl1 = _forward(op, mu, lv, e, seed, z_out=z_out)
+        assert z1.data_ptr() == z_out.data_ptr()
+        assert torch.equal(z1, z0), f"offset {offset}"
+        if kl0 is not None:
+            assert torch.equal(kl1, kl0)
+    z2, _ = _forward(op, mu, lv, e, seed)  # a new output from the pool
+    assert torch.equal(z2, z0)
+
+
+@needs_x86
+@pytest.mark.parametrize("threads", [1, 2])
+def test_streaming_result_independent_of_threads(streaming, threads):
+    import numba
+
+    mu, lv, eps = _inputs((600, 777), torch.float32, seed=3)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        z, kl = kernels.normal_rsample_kl(mu, lv, seed=99, backend="numba")
+    finally:
+        numba.set_num_threads(before)
+    zr, klr = kernels.normal_rsample_kl(mu, lv, seed=99, backend="torch")
+    torch.testing.assert_close(z, zr)
+    torch.testing.assert_close(kl, klr)
+
+
+@needs_x86
+def test_streaming_through_autograd_matches_reference(streaming):
+    mu, lv, eps = _inputs((400, 600), torch.float64, seed=5)
+    got, want = [], []
+    for backend, into in (("numba", got), ("torch", want)):
+        m, v = mu.clone().requires_grad_(), lv.clone().requires_grad_()
+        z, kl = kernels.normal_rsample_kl(m, v, eps, backend=backend)
+        (z.sin().sum() + (kl * 0.3).sum()).backward()
+        into += [z.detach(), kl.detach(), m.grad, v.grad]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def test_stream_buffers_only_for_large_outputs(monkeypatch):
+    monkeypatch.setattr(_stream, "ENABLED", True)
+    small = np.empty(1000, np.float32)
+    assert _stream.stream_buffers(small, 10, 100) is None
+    assert _stream.stream_buffers(None, 10, 100) is None
+    monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
+    bufs = _stream.stream_buffers(np.empty(4096 * 1024, np.float32), 4096, 1024)
+    assert bufs.shape == (4096 * 1024 // _stream.STREAM_TASK_ELEMENTS, BLOCK) and bufs.dtype == np.float32
+    assert _stream.stream_buffers(np.empty(3 * 10, np.float64), 3, 10).shape == (1, BLOCK)
+    assert _stream.stream_buffers(np.empty(0, np.float32), 0, 10) is None
+    monkeypatch.setattr(_stream, "ENABLED", False)
+    assert _stream.stream_buffers(np.empty(4096 * 1024, np.float32), 4096, 1024) is None
+
+
+@pytest.mark.parametrize(
+    "env,x86,vendor,on,says",
+    [
+        (None, True, "GenuineIntel", True, "non-temporal"),
+        ("auto", True, "AuthenticAMD", False, "AuthenticAMD"),
+        ("on", True, "AuthenticAMD", True, "=on"),
+        ("off", True, "GenuineIntel", False, "=off"),
+        ("on", False, "", False, "x86-64 only"),
+        ("  ON ", True, "GenuineIntel", True, "=on"),
+    ],
+)
+def test_policy(monkeypatch, env, x86, vendor, on, says):
+    if env is None:
+        monkeypatch.delenv(_stream.ENV, raising=False)
+    else:
+        monkeypatch.setenv(_stream.ENV, env)
+    monkeypatch.setattr(_stream, "_is_x86_64", lambda: x86)
+    monkeypatch.setattr(_stream, "_cpu_vendor", lambda: vendor)
+    enabled, text = _stream._decide()
+    assert enabled is on and says in text
+
+
+def test_unknown_value_warns_and_means_auto(monkeypatch):
+    monkeypatch.setenv(_stream.ENV, "sometimes")
+    monkeypatch.setattr(_stream, "_is_x86_64", lambda: True)
+    monkeypatch.setattr(_stream, "_cpu_vendor", lambda: "GenuineIntel")
+    with pytest.warns(UserWarning, match=r"ELBOBENCH_NUMBA_STREAM_STORES must be one of .*'sometimes'"):
+        enabled, _ = _stream._decide()
+    assert enabled
+    with pytest.raises(ValueError, match="got 'sometimes'"):
+        _stream.requested()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.setenv(_stream.ENV, "off")
+        assert _stream._decide()[0] is False
+
+
+def test_described_by_backends():
+    from kernels.numba_cpu import describe
+
+    assert _stream.describe() in describe()
+
+
+# --------------------------------------------------------------------------- scripts/stream_stores.py
+
+
+@pytest.fixture(scope="module")
+def script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "stream_stores.py"
+    spec = importlib.util.spec_from_file_location("stream_stores_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@needs_x86
+def test_script_times_both_variants_and_writes_csv(script, tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)  # stream even at this small size
+    before = _stream.ENABLED
+    assert script.main(["--out", str(tmp_path), "--sizes", "300x300", "--rounds", "2", "--sets", "1"]) == 0
+    got = pd.read_csv(tmp_path / "stream_stores.csv")
+    assert list(got.op) == list(script.OPS) and set(got["size"]) == {"300x300"}
+    assert (got.stream_ms > 0).all() and (got.plain_ms > 0).all() and got.streams_here.all()
+    assert np.allclose(got.ratio, got.stream_ms / got.plain_ms)
+    assert _stream.ENABLED is before  # the variant switch put the setting back
+    assert "ratio" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--ops", "normal_rsample_kl:sideways"], "--ops: unknown"),
+        (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+        (["--sets", "-1"], "--sets must be at least 1"),
+        (["--sizes", "12"], "--sizes"),
+    ],
+)
+def test_script_rejects_bad_arguments(script, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        script.parse(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
