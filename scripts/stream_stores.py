@@ -25,7 +25,7 @@ import torch
 from bench.kernel_speed import time_round_robin
 from bench.options import parse_list, parse_sizes
 
-OPS = ("normal_rsample_kl:forward",)
+OPS = ("normal_rsample_kl:forward", "normal_rsample_kl:backward", "normal_log_prob:backward")
 EXAMPLES = """examples:
   python scripts/stream_stores.py                                    # every op at 2048x1024,4096x1024,16384x1024
   python scripts/stream_stores.py --sizes 4096x1024 --rounds 60 --out /tmp/ss
@@ -65,7 +65,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _cell(op: str, R: int, D: int, dtype: torch.dtype, seed: int):
     """A callable running ``op`` once on fresh inputs of its own (preallocated outputs)."""
-    from kernels.numba_cpu import gaussian
+    from kernels.numba_cpu import gaussian, logprob
 
     g = torch.Generator().manual_seed(seed)
 
@@ -76,6 +76,13 @@ def _cell(op: str, R: int, D: int, dtype: torch.dtype, seed: int):
     if op == "normal_rsample_kl:forward":
         z, kl = torch.empty(R, D, dtype=dtype), torch.empty(R, dtype=dtype)
         return lambda: gaussian.forward(mu, lv, eps, None, True, True, z_out=z, kl_out=kl)
+    out = (torch.empty(R, D, dtype=dtype), torch.empty(R, D, dtype=dtype), torch.empty(R, D, dtype=dtype))
+    if op == "normal_rsample_kl:backward":  # what a VAE step needs: d mu, d logvar from dz and dkl
+        dz, dkl = t(R, D), t(R)
+        return lambda: gaussian.backward(dz, dkl, mu, lv, eps, None, True, True, False, out=out)
+    if op == "normal_log_prob:backward":  # d x, d mu, d logvar
+        g = t(R)
+        return lambda: logprob.normal_backward(g, eps, mu, lv, True, True, True, out=out)
     raise ValueError(f"op: unknown {op!r}; expected one of {list(OPS)}")  # parse() checked already
 
 

@@ -9,6 +9,7 @@ and that the compiled copy really uses non-temporal stores.
 
 from __future__ import annotations
 
+import math
 import platform
 import warnings
 
@@ -52,6 +53,19 @@ def test_stream_copy_every_start_alignment(dtype, n):
 
 
 @needs_x86
+def test_stream_copy_to_a_misaligned_array_uses_plain_stores():
+    # a float32 view one byte into a buffer: no line can be found, every store is plain (a
+    # non-temporal store to an address that is not a multiple of 64 would fault)
+    src = np.arange(300, dtype=np.float32)
+    raw = np.zeros(4 * 300 + 65, np.uint8)
+    start = (-raw.ctypes.data) % 64 + 1
+    out = raw[start : start + 4 * 300].view(np.float32)
+    assert out.ctypes.data % 4 == 1 and not out.flags.aligned
+    _stream.stream_copy(out, src, np.empty(BLOCK, np.float32))
+    np.testing.assert_array_equal(out, src)
+
+
+@needs_x86
 def test_stream_copy_uses_non_temporal_stores():
     # compiled afresh: a dispatcher loaded from the on-disk cache has no assembly to show
     fresh = numba.njit(_stream.stream_copy.py_func)
@@ -75,40 +89,152 @@ def _forward(op, mu, lv, eps, seed, z_out=None):
     return gaussian.forward(mu, lv, eps, seed, True, want_kl, z_out=z_out)
 
 
-CASES = [
-    ((700, 513), torch.float32),  # parallel, rows longer than BLOCK with a tail block
-    ((700, 513), torch.float64),
-    ((300, 1024), torch.float32),
-    ((5, 300), torch.float32),  # serial kernel
-    ((2, 150, 256), torch.float64),  # 3-D, rows of exactly BLOCK
-    ((1000, 40), torch.float32),  # rows shorter than BLOCK
+# Shapes of the parallel kernels, which are the ones that stream (the serial ones
+# run below PARALLEL_MIN_ELEMENTS, far under STREAM_MIN_BYTES). Each test loops over
+# all of them inside one compiled signature; the parameters pick the signatures
+# (dtype, eps or Philox, which outputs), each a compile of its own on a cold cache.
+SHAPES = [
+    (700, 513),  # rows longer than BLOCK, with a tail block
+    (300, 1024),
+    (2, 300, 256),  # 3-D, rows of exactly BLOCK
+    (4000, 40),  # rows shorter than BLOCK
 ]
 
 
-@needs_x86
-@pytest.mark.parametrize("shape,dtype", CASES)
-@pytest.mark.parametrize("op", ["normal_rsample", "normal_rsample_kl"])
-@pytest.mark.parametrize("noise", ["eps", "philox"])
-def test_fused_forward_streaming_is_bitwise_plain(monkeypatch, shape, dtype, op, noise):
-    mu, lv, eps = _inputs(shape, dtype)
-    e, seed = (eps, None) if noise == "eps" else (None, 1234)
-    monkeypatch.setattr(_stream, "ENABLED", False)
-    z0, kl0 = _forward(op, mu, lv, e, seed)
-    z0 = z0.clone()
-    kl0 = None if kl0 is None else kl0.clone()
-    monkeypatch.setattr(_stream, "ENABLED", True)
-    monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
+def _offsets(dtype):
     item = torch.empty((), dtype=dtype).element_size()
-    for offset in (0, 1, 64 // item - 1):  # output aligned to a line, and not
-        buf = torch.full((z0.numel() + offset,), float("nan"), dtype=dtype)
-        z_out = buf[offset:].view(shape)
-        z1, kl1 = _forward(op, mu, lv, e, seed, z_out=z_out)
-        assert z1.data_ptr() == z_out.data_ptr()
-        assert torch.equal(z1, z0), f"offset {offset}"
-        if kl0 is not None:
-            assert torch.equal(kl1, kl0)
-    z2, _ = _forward(op, mu, lv, e, seed)  # a new output from the pool
-    assert torch.equal(z2, z0)
+    return (0, 1, 64 // item - 1)  # the output aligned to a cache line, and not
+
+
+def _buffers(shape, dtype, offset, n=3):
+    numel = math.prod(shape)
+    return tuple(torch.full((numel + offset,), float("nan"), dtype=dtype)[offset:].view(shape) for _ in range(n))
+
+
+@needs_x86
+@pytest.mark.parametrize(
+    "dtype,op,noise",
+    [
+        (torch.float32, "normal_rsample_kl", "eps"),
+        (torch.float32, "normal_rsample_kl", "philox"),
+        (torch.float32, "normal_rsample", "eps"),
+        (torch.float64, "normal_rsample_kl", "eps"),
+    ],
+)
+def test_fused_forward_streaming_is_bitwise_plain(monkeypatch, dtype, op, noise):
+    for shape in SHAPES:
+        mu, lv, eps = _inputs(shape, dtype)
+        e, seed = (eps, None) if noise == "eps" else (None, 1234)
+        monkeypatch.setattr(_stream, "ENABLED", False)
+        z0, kl0 = _forward(op, mu, lv, e, seed)
+        z0 = z0.clone()
+        kl0 = None if kl0 is None else kl0.clone()
+        monkeypatch.setattr(_stream, "ENABLED", True)
+        monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
+        for offset in _offsets(dtype):
+            (z_out,) = _buffers(shape, dtype, offset, 1)
+            z1, kl1 = _forward(op, mu, lv, e, seed, z_out=z_out)
+            assert z1.data_ptr() == z_out.data_ptr()
+            assert torch.equal(z1, z0), f"{shape}, offset {offset}"
+            if kl0 is not None:
+                assert torch.equal(kl1, kl0)
+        z2, _ = _forward(op, mu, lv, e, seed)  # a new output from the pool
+        assert torch.equal(z2, z0)
+
+
+def _backward(mu, lv, eps, seed, wanted, out=None, dz_kind="full"):
+    from kernels.numba_cpu import gaussian
+
+    g = torch.Generator().manual_seed(11)
+    dz = None if dz_kind == "none" else torch.randn(mu.shape, generator=g, dtype=mu.dtype)
+    dkl = torch.randn(mu.shape[:-1], generator=g, dtype=mu.dtype)
+    return gaussian.backward(dz, dkl, mu, lv, eps, seed, *wanted, out=out)
+
+
+def _check_grads(got, want, label):
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert (a is None) == (b is None), f"gradient {k}, {label}"
+        if b is not None:
+            assert torch.equal(a, b), f"gradient {k}, {label}"
+
+
+@needs_x86
+@pytest.mark.parametrize(
+    "dtype,noise,wanted,dz_kind",
+    [
+        (torch.float32, "eps", (True, True, True), "full"),
+        (torch.float32, "philox", (True, True, True), "full"),
+        (torch.float32, "eps", (True, True, False), "full"),  # what a VAE step asks for
+        (torch.float32, "eps", (False, True, False), "full"),
+        (torch.float32, "eps", (True, True, False), "none"),  # KL only
+        (torch.float64, "eps", (True, True, True), "full"),
+    ],
+)
+def test_fused_backward_streaming_is_bitwise_plain(monkeypatch, dtype, noise, wanted, dz_kind):
+    for shape in SHAPES:
+        mu, lv, eps = _inputs(shape, dtype, seed=1)
+        e, seed = (eps, None) if noise == "eps" else (None, 77)
+        monkeypatch.setattr(_stream, "ENABLED", False)
+        want = [None if t is None else t.clone() for t in _backward(mu, lv, e, seed, wanted, dz_kind=dz_kind)]
+        monkeypatch.setattr(_stream, "ENABLED", True)
+        monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
+        for offset in _offsets(dtype):
+            got = _backward(mu, lv, e, seed, wanted, out=_buffers(shape, dtype, offset), dz_kind=dz_kind)
+            _check_grads(
+                [g if w is not None else None for g, w in zip(got, want, strict=True)],
+                want,
+                f"{shape}, offset {offset}",
+            )
+        _check_grads(_backward(mu, lv, e, seed, wanted, dz_kind=dz_kind), want, f"{shape}, pool")
+
+
+@needs_x86
+@pytest.mark.parametrize(
+    "dtype,wanted",
+    [
+        (torch.float32, (True, True, True)),
+        (torch.float32, (False, True, True)),
+        (torch.float32, (True, False, False)),
+        (torch.float64, (True, True, True)),
+    ],
+)
+def test_log_prob_backward_streaming_is_bitwise_plain(monkeypatch, dtype, wanted):
+    from kernels.numba_cpu import logprob
+
+    for shape in SHAPES:
+        x, mu, lv = _inputs(shape, dtype, seed=4)
+        g = torch.randn(shape[:-1], generator=torch.Generator().manual_seed(8), dtype=dtype)
+        monkeypatch.setattr(_stream, "ENABLED", False)
+        want = [None if t is None else t.clone() for t in logprob.normal_backward(g, x, mu, lv, *wanted)]
+        monkeypatch.setattr(_stream, "ENABLED", True)
+        monkeypatch.setattr(_stream, "STREAM_MIN_BYTES", 0)
+        for offset in _offsets(dtype):
+            got = logprob.normal_backward(g, x, mu, lv, *wanted, out=_buffers(shape, dtype, offset))
+            _check_grads(
+                [a if w is not None else None for a, w in zip(got, want, strict=True)],
+                want,
+                f"{shape}, offset {offset}",
+            )
+        _check_grads(logprob.normal_backward(g, x, mu, lv, *wanted), want, f"{shape}, pool")
+
+
+@needs_x86
+def test_broadcast_gradients_are_summed_not_streamed(streaming):
+    # mu [B, D] under z [S, B, D]: its gradient is a 2-D accumulator (summed in the
+    # kernel), which must not take the streaming path; the full-size ones may.
+    g = torch.Generator().manual_seed(2)
+    mu = torch.randn(64, 300, generator=g, dtype=torch.float64, requires_grad=True)
+    lv = torch.randn(64, 300, generator=g, dtype=torch.float64, requires_grad=True)
+    eps = torch.randn(20, 64, 300, generator=g, dtype=torch.float64)
+    grads = {}
+    for backend in ("numba", "torch"):
+        mu.grad = lv.grad = None
+        z, kl = kernels.normal_rsample_kl(mu, lv, eps, backend=backend)
+        lq = kernels.normal_log_prob(z, mu, lv, backend=backend)
+        (z.cos().sum() + kl.sum() + lq.sum()).backward()
+        grads[backend] = (mu.grad.clone(), lv.grad.clone())
+    for a, b in zip(grads["numba"], grads["torch"], strict=True):
+        torch.testing.assert_close(a, b)
 
 
 @needs_x86
@@ -154,6 +280,10 @@ def test_stream_buffers_only_for_large_outputs(monkeypatch):
     assert bufs.shape == (4096 * 1024 // _stream.STREAM_TASK_ELEMENTS, BLOCK) and bufs.dtype == np.float32
     assert _stream.stream_buffers(np.empty(3 * 10, np.float64), 3, 10).shape == (1, BLOCK)
     assert _stream.stream_buffers(np.empty(0, np.float32), 0, 10) is None
+    outs = (np.empty(30, np.float64), None, np.empty(30, np.float64))
+    assert _stream.stream_buffers(outs, 3, 10).shape == (1, 3, BLOCK)
+    assert _stream.stream_buffers((np.empty(30), np.empty((8, 30))), 3, 10) is None  # an accumulator: plain
+    assert _stream.stream_buffers((None, None), 3, 10) is None
     monkeypatch.setattr(_stream, "ENABLED", False)
     assert _stream.stream_buffers(np.empty(4096 * 1024, np.float32), 4096, 1024) is None
 

@@ -9,8 +9,9 @@ One module per op family, each holding its kernels, launchers and
 * :mod:`._math` -- vectorizable exp/log/log1p/softplus/sigmoid (pip's llvmlite
   has no SVML, so ``np.exp`` in a loop would not vectorize);
 * noise comes from :mod:`kernels.philox` (the same stream as every backend);
-* :mod:`._stream` -- outputs of at least 8 MiB are written with non-temporal
-  stores on Intel x86-64 (``ELBOBENCH_NUMBA_STREAM_STORES=auto|on|off``);
+* :mod:`._stream` -- outputs of at least 8 MiB (z, the full-size Gaussian
+  gradients) are written with non-temporal stores on Intel x86-64
+  (``ELBOBENCH_NUMBA_STREAM_STORES=auto|on|off``);
 * :mod:`._pool` -- new outputs of at least 128 KiB come from a reuse pool
   (``release_buffers()``, ``buffer_pool_info()``; ``ELBOBENCH_NUMBA_POOL_MB``
   caps it, 0 turns it off), which saves the page faults of fresh memory.

@@ -17,17 +17,26 @@ array), so the kernels compute a block into a small per-task buffer with their
 usual vectorized loop and :func:`stream_block` then copies it out: plain stores
 up to the first 64-byte boundary of the output, one 64-byte non-temporal store
 per line after it, plain stores for the tail. The values are the same ones the
-plain path writes (only the store differs); a test checks they are bitwise equal.
+plain path writes (only the store differs); tests check they are bitwise equal.
 Non-temporal stores are weakly ordered, so each task ends with ``sfence``
 (:func:`stream_fence`) before the thread reports it done; one fence per task
 costs a drain of the write-combining buffers, hence the large streaming tasks
 (:data:`STREAM_TASK_ELEMENTS`; with one-row tasks the fences ate the gain).
 
+Which outputs stream: ``z`` of the fused Gaussian forward (:mod:`.gaussian`),
+and the full-size gradients of its backward and of the Gaussian log density's
+backward (:mod:`.logprob`; up to three outputs a task, one staging buffer
+each). The gradient of a broadcast input, summed in the kernel, is added to, not
+streamed. Row sums (KL, log densities) are ``[R]``: too small to matter.
+
 Measured on a 2-core Intel Xeon (Emerald Rapids, KVM) with
 ``scripts/stream_stores.py`` (both variants in balanced rounds in one process,
 each on its own three input sets in turn, so inputs come from DRAM; 30 rounds,
-medians), fused rsample+KL forward float32 with eps given: [2048, 1024] 2.48 ->
-2.21 ms, [4096, 1024] 3.59 -> 3.23 ms, [16384, 1024] 13.3 -> 11.8 ms (0.89-0.90x).
+medians, float32, eps given, preallocated outputs), time streaming / plain at
+[2048, 1024], [4096, 1024], [16384, 1024]: rsample+KL forward 0.93, 0.86, 0.88
+(4096: 5.34 -> 4.58 ms); its backward (d mu, d logvar) 0.80, 0.82, 0.81 (4096:
+5.12 -> 4.20 ms); the log density's backward (d x, d mu, d logvar) 0.67, 0.67,
+0.74 (4096: 7.94 -> 5.35 ms).
 On an AMD EPYC (Zen 3) a first try (its code was not kept) measured
 0.65-0.97x; this version has not been measured there.
 
@@ -58,7 +67,7 @@ CHOICES = ("auto", "on", "off")
 #: Outputs of at least this many bytes are written with non-temporal stores.
 #: Above the 2 MiB L2 of one core here, and at 8 MiB more than either core's
 #: L2 and a fair share of a shared L3 could keep for the next op anyway;
-#: [2048, 1024] float32 (8 MiB) gains 9% cold (module doc).
+#: at [2048, 1024] float32 (8 MiB) streaming takes 0.67-0.93 of the plain time, cold (module doc).
 STREAM_MIN_BYTES = 8 << 20
 
 #: Elements per task when streaming (whole rows; :func:`stream_buffers`).
@@ -122,17 +131,23 @@ def streams(nbytes: int) -> bool:
     return ENABLED and nbytes >= STREAM_MIN_BYTES
 
 
-def stream_buffers(out: np.ndarray | None, R: int, D: int) -> np.ndarray | None:
-    """Per-task staging buffers ``[tasks, BLOCK]`` for writing ``out`` (``R`` rows of ``D``), or None.
+def stream_buffers(outs, R: int, D: int) -> np.ndarray | None:
+    """Per-task staging buffers for writing ``outs`` (``R`` rows of ``D``), or None (plain stores).
 
-    None (the plain path, compiled as before) unless :func:`streams` says so for
-    ``out``. The kernels run one task per buffer row, each over whole rows and
+    ``outs``: one flat output (or None), giving buffers ``[tasks, BLOCK]``; or a
+    tuple of flat outputs (None where not wanted), giving ``[tasks, len(outs),
+    BLOCK]``, slot ``k`` for ``outs[k]``. None, the plain path compiled as
+    before, unless :func:`streams` says so for the largest output and every
+    output is flat (a 2-D accumulator of a broadcast input is added to, not
+    streamed). The kernels run one task per buffer, each over whole rows and
     about :data:`STREAM_TASK_ELEMENTS` elements.
     """
-    if out is None or not streams(out.nbytes) or R == 0:
+    many = isinstance(outs, tuple)
+    arrays = [a for a in (outs if many else (outs,)) if a is not None]
+    if not arrays or R == 0 or any(a.ndim != 1 for a in arrays) or not streams(max(a.nbytes for a in arrays)):
         return None
     n = min(R, max(1, -(-(R * D) // STREAM_TASK_ELEMENTS)))
-    return np.empty((n, BLOCK), out.dtype)
+    return np.empty((n, len(outs), BLOCK) if many else (n, BLOCK), arrays[0].dtype)
 
 
 # --------------------------------------------------------------------------- numba side
@@ -187,6 +202,30 @@ def _task_buffer_impl(bufs, t):
     return lambda bufs, t: bufs[t]
 
 
+def staging(sb, k):  # pragma: no cover - replaced by the overload inside numba
+    """Slot ``k`` of a task's staging buffers ``[slots, BLOCK]``, or None when not streaming."""
+    return None if sb is None else sb[k]
+
+
+@overload(staging, inline="always")
+def _staging_impl(sb, k):
+    if isinstance(sb, types.NoneType):
+        return lambda sb, k: None
+    return lambda sb, k: sb[k]
+
+
+def block_len(sb, D):  # pragma: no cover - replaced by the overload inside numba
+    """Elements per block of a row: the whole row ``D`` when not streaming, else the buffers' length."""
+    return D if sb is None else sb.shape[-1]
+
+
+@overload(block_len, inline="always")
+def _block_len_impl(sb, D):
+    if isinstance(sb, types.NoneType):
+        return lambda sb, D: D
+    return lambda sb, D: sb.shape[-1]
+
+
 def block_out(out, sb):  # pragma: no cover - replaced by the overload inside numba
     """Where a block's results go: ``out`` itself, or the staging buffer ``sb`` when streaming."""
     return out if sb is None or out is None else sb
@@ -213,17 +252,18 @@ def _stream_block_impl(out, sb, n):
     width = _LINE // size
 
     def impl(out, sb, n):
-        a = out.ctypes.data
-        head = n
-        if a % size == 0:  # element-aligned (always, for arrays numpy or torch made): lines can be found
-            head = min(((_LINE - a % _LINE) % _LINE) // size, n)
+        # Every name is assigned once (no while loop, no branch): inlined three times
+        # into one function, a name assigned on two paths trips numba's IR scope check.
+        a = np.int64(out.ctypes.data)
+        # plain stores up to the next line boundary; all of them when the output is not
+        # element-aligned (never for arrays numpy or torch made)
+        head = min(((_LINE - a % _LINE) % _LINE) // size + (a % size != 0) * n, n)
+        lines = (n - head) // width
         for j in range(head):
             out[j] = sb[j]
-        k = head
-        while k + width <= n:
-            _nt_line(out, k, sb, k)
-            k += width
-        for j in range(k, n):
+        for q in range(lines):
+            _nt_line(out, head + q * width, sb, head + q * width)
+        for j in range(head + lines * width, n):
             out[j] = sb[j]
 
     return impl

@@ -77,7 +77,16 @@ from ._layout import (
     view,
 )
 from ._math import cst, fexp, seg
-from ._stream import block_out, num_tasks_for, stream_block, stream_buffers, stream_fence, task_buffer
+from ._stream import (
+    block_len,
+    block_out,
+    num_tasks_for,
+    staging,
+    stream_block,
+    stream_buffers,
+    stream_fence,
+    task_buffer,
+)
 
 # --------------------------------------------------------------------------- kernels
 
@@ -196,7 +205,7 @@ def _bwd_elems(n, dz_, dkl, g, m_, v_, s_, sp, e_, k0, k1, idx0, dm_, dl_, de_):
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_rows(r0, r1, slot, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_rows(r0, r1, slot, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, sb):
     # Rows r0 .. r1 - 1: the loop of _bwd_elems with one KL gradient per row,
     # written out here so that it is not a call per row (see _layout.TASK_ELEMENTS)
     # and its None branches test this function's own arguments (which numba
@@ -204,51 +213,72 @@ def _bwd_rows(r0, r1, slot, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, 
     # (None: Philox) and dz are read as rows of their layouts (see _layout); sp:
     # exp(lv / 2) or None; dmu, dlv, deps: None when not wanted, [R*D] outputs, or
     # [REDUCE_TASKS, n] accumulators of a broadcast input (_layout.out_row, put;
-    # `slot` is this task's row of them).
+    # `slot` is this task's row of them). sb: None (a row is one pass), or
+    # [3, BLOCK] staging buffers of full-size dmu, dlv, deps: each row then runs
+    # in blocks of BLOCK, written out with non-temporal stores (_stream).
     half = cst(mu, 0.5)
     one = cst(mu, 1.0)
+    step = block_len(sb, D)
     for r in range(r0, r1):
         g = cst(mu, 0.0)
         if dkl is not None:
             g = dkl[r]
         b0 = r * D
-        m_, v_, e_, dz_ = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D), row(dz, dzl, r, D)
-        s_ = row(sp, lvl, r, D)
-        dm_, dl_ = out_row(dmu, slot, mul, r, D), out_row(dlv, slot, lvl, r, D)
-        de_ = out_row(deps, slot, el, r, D)
-        idx0 = np.uint64(b0)  # Philox index of the row's first element (a uint64 base vectorizes; int64 + j did not)
-        for i in range(D):
-            s = std_of(sp, s_, i, v_[i])
-            gm = cst(mu, 0.0)
-            gl = cst(mu, 0.0)
-            if dz is not None:
-                gz = dz_[i]
+        mr, vr, er, dzr = row(mu, mul, r, D), row(lv, lvl, r, D), row(eps, el, r, D), row(dz, dzl, r, D)
+        sr = row(sp, lvl, r, D)
+        dmr, dlr = out_row(dmu, slot, mul, r, D), out_row(dlv, slot, lvl, r, D)
+        der = out_row(deps, slot, el, r, D)
+        for lo in range(0, D, step):
+            hi = min(lo + step, D)
+            m_, v_, e_, dz_, s_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(er, lo, hi), seg(dzr, lo, hi), seg(sr, lo, hi)
+            dm_, dl_, de_ = seg(dmr, lo, hi), seg(dlr, lo, hi), seg(der, lo, hi)
+            dmw, dlw, dew = (
+                block_out(dm_, staging(sb, 0)),
+                block_out(dl_, staging(sb, 1)),
+                block_out(de_, staging(sb, 2)),
+            )
+            idx0 = np.uint64(b0 + lo)  # Philox index of the first element (a uint64 base vectorizes; int64 + j did not)
+            for i in range(hi - lo):
+                s = std_of(sp, s_, i, v_[i])
+                gm = cst(mu, 0.0)
+                gl = cst(mu, 0.0)
+                if dz is not None:
+                    gz = dz_[i]
+                    if dlv is not None:
+                        gl = half * gz * s * cst(mu, noise_at(eps, e_, i, k0, k1, idx0 + np.uint64(i)))
+                    if deps is not None:
+                        put(deps, dew, i, gz * s)
+                    gm = gz
+                if dkl is not None:
+                    gm = gm + g * m_[i]
+                    gl = gl + half * g * (s * s - one)
+                if dmu is not None:
+                    put(dmu, dmw, i, gm)
                 if dlv is not None:
-                    gl = half * gz * s * cst(mu, noise_at(eps, e_, i, k0, k1, idx0 + np.uint64(i)))
-                if deps is not None:
-                    put(deps, de_, i, gz * s)
-                gm = gz
-            if dkl is not None:
-                gm = gm + g * m_[i]
-                gl = gl + half * g * (s * s - one)
-            if dmu is not None:
-                put(dmu, dm_, i, gm)
-            if dlv is not None:
-                put(dlv, dl_, i, gl)
+                    put(dlv, dlw, i, gl)
+            stream_block(dm_, staging(sb, 0), hi - lo)
+            stream_block(dl_, staging(sb, 1), hi - lo)
+            stream_block(de_, staging(sb, 2), hi - lo)
+    stream_fence(sb)
 
 
 @njit(**JIT_OPTIONS)
-def _bwd_serial(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_serial(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, bufs):
     for t in range(nt):
         lo, hi = task(t, nt, R)
-        _bwd_rows(lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
+        _bwd_rows(
+            lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, task_buffer(bufs, t)
+        )
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _bwd_parallel(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps):
+def _bwd_parallel(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, bufs):
+    # bufs: None, or [nt, 3, BLOCK] staging buffers (_stream.stream_buffers)
     for t in prange(nt):
         lo, hi = task(t, nt, R)
-        _bwd_rows(lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps)
+        _bwd_rows(
+            lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, task_buffer(bufs, t)
+        )
 
 
 @njit(**JIT_OPTIONS)
@@ -274,7 +304,7 @@ def _bwd_small(w, R, D, pdz, ndz, dzl, pdk, pm, nm, mul, pv, nv, lvl, pe, ne, el
     if D < SHORT_ROW:
         _bwd_chunked_serial(R, D, dz, dzl, dkl, mu, mul, lv, lvl, None, eps, el, k0, k1, dmu, dlv, deps)
     else:
-        _bwd_rows(0, R, 0, D, dz, dzl, dkl, mu, mul, lv, lvl, None, eps, el, k0, k1, dmu, dlv, deps)
+        _bwd_rows(0, R, 0, D, dz, dzl, dkl, mu, mul, lv, lvl, None, eps, el, k0, k1, dmu, dlv, deps, None)
 
 
 @njit(**JIT_OPTIONS)
@@ -449,7 +479,10 @@ def backward(
     grads, arrays, kernel, nt = rows_backward(
         _bwd_parallel, _bwd_serial, shape, mu.dtype, wanted, out, reduce, inputs, (args[0], args[2], args[5]), R, D
     )  # fmt: skip
-    kernel(nt, R, D, *strided(dz, R, D), flat(dkl), *args, k0, k1, *arrays)
+    bufs = stream_buffers(arrays, R, D)  # staging buffers when the (full-size) gradients stream
+    if bufs is not None:
+        nt = bufs.shape[0]
+    kernel(nt, R, D, *strided(dz, R, D), flat(dkl), *args, k0, k1, *arrays, bufs)
     return finish_grads(grads, inputs)
 
 

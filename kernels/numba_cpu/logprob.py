@@ -69,6 +69,7 @@ from ._layout import (
     view,
 )
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
+from ._stream import block_len, block_out, staging, stream_block, stream_buffers, stream_fence, task_buffer
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -126,41 +127,58 @@ def _normal_fwd_parallel(R, D, x, xl, mu, mul, lv, lvl, w, out):
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_rows(r0, r1, slot, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
+def _normal_bwd_rows(r0, r1, slot, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, sb):
     # Rows r0 .. r1 - 1 of task `slot`. g: [R] upstream; x, mu, lv: rows of their
     # layouts (_layout); w: exp(-lv) or None (as in the forward); dx, dmu, dlv:
     # None, [R*D] outputs, or [REDUCE_TASKS, n] accumulators of a broadcast input
-    # (_layout.out_row, put).
+    # (_layout.out_row, put). sb: None (a row is one pass), or [3, BLOCK] staging
+    # buffers of full-size dx, dmu, dlv: rows then run in blocks of BLOCK, written
+    # out with non-temporal stores (_stream).
     half = cst(x, 0.5)
     one = cst(x, 1.0)
+    step = block_len(sb, D)
     for r in range(r0, r1):
         gr = g[r]
-        x_, m_, v_, w_ = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D), row(w, lvl, r, D)
-        dx_, dm_, dl_ = out_row(dx, slot, xl, r, D), out_row(dmu, slot, mul, r, D), out_row(dlv, slot, lvl, r, D)
-        for j in range(D):
-            d = x_[j] - m_[j]
-            q = d * inv_var(w, w_, j, v_[j])
-            gq = gr * q
-            if dx is not None:
-                put(dx, dx_, j, -gq)
-            if dmu is not None:
-                put(dmu, dm_, j, gq)
-            if dlv is not None:
-                put(dlv, dl_, j, -half * gr * (one - d * q))
+        xr, mr, vr, wr = row(x, xl, r, D), row(mu, mul, r, D), row(lv, lvl, r, D), row(w, lvl, r, D)
+        dxr, dmr, dlr = out_row(dx, slot, xl, r, D), out_row(dmu, slot, mul, r, D), out_row(dlv, slot, lvl, r, D)
+        for lo in range(0, D, step):
+            hi = min(lo + step, D)
+            x_, m_, v_, w_ = seg(xr, lo, hi), seg(mr, lo, hi), seg(vr, lo, hi), seg(wr, lo, hi)
+            dx_, dm_, dl_ = seg(dxr, lo, hi), seg(dmr, lo, hi), seg(dlr, lo, hi)
+            dxw, dmw, dlw = (
+                block_out(dx_, staging(sb, 0)),
+                block_out(dm_, staging(sb, 1)),
+                block_out(dl_, staging(sb, 2)),
+            )
+            for j in range(hi - lo):
+                d = x_[j] - m_[j]
+                q = d * inv_var(w, w_, j, v_[j])
+                gq = gr * q
+                if dx is not None:
+                    put(dx, dxw, j, -gq)
+                if dmu is not None:
+                    put(dmu, dmw, j, gq)
+                if dlv is not None:
+                    put(dlv, dlw, j, -half * gr * (one - d * q))
+            stream_block(dx_, staging(sb, 0), hi - lo)
+            stream_block(dm_, staging(sb, 1), hi - lo)
+            stream_block(dl_, staging(sb, 2), hi - lo)
+    stream_fence(sb)
 
 
 @njit(**JIT_OPTIONS)
-def _normal_bwd_serial(nt, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
+def _normal_bwd_serial(nt, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, bufs):
     for t in range(nt):
         lo, hi = task(t, nt, R)
-        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
+        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, task_buffer(bufs, t))
 
 
 @njit(parallel=True, **JIT_OPTIONS)
-def _normal_bwd_parallel(nt, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv):
+def _normal_bwd_parallel(nt, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, bufs):
+    # bufs: None, or [nt, 3, BLOCK] staging buffers (_stream.stream_buffers)
     for t in prange(nt):
         lo, hi = task(t, nt, R)
-        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv)
+        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, task_buffer(bufs, t))
 
 
 @njit(**JIT_OPTIONS)
@@ -328,7 +346,7 @@ def _normal_bwd_small(wt, R, D, pg, px, nx, xl, pm, nm, mul, pv, nv, lvl, pdx, p
     if D < SHORT_ROW:
         _normal_bwd_chunked_serial(R, D, view(pg, R, wt), x, xl, mu, mul, lv, lvl, None, dx, dmu, dlv)
     else:
-        _normal_bwd_rows(0, R, 0, D, view(pg, R, wt), x, xl, mu, mul, lv, lvl, None, dx, dmu, dlv)
+        _normal_bwd_rows(0, R, 0, D, view(pg, R, wt), x, xl, mu, mul, lv, lvl, None, dx, dmu, dlv, None)
 
 
 @njit(**JIT_OPTIONS)
@@ -403,7 +421,10 @@ def normal_backward(
     grads, arrays, kernel, nt = rows_backward(
         _normal_bwd_parallel, _normal_bwd_serial, shape, x.dtype, wanted, out, reduce, inputs, args[0:6:2], R, D
     )  # fmt: skip
-    kernel(nt, R, D, flat(g), *args, *arrays)
+    bufs = stream_buffers(arrays, R, D)  # staging buffers when the (full-size) gradients stream
+    if bufs is not None:
+        nt = bufs.shape[0]
+    kernel(nt, R, D, flat(g), *args, *arrays, bufs)
     return finish_grads(grads, inputs)
 
 
