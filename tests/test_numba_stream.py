@@ -106,6 +106,24 @@ def _offsets(dtype):
     return (0, 1, 64 // item - 1)  # the output aligned to a cache line, and not
 
 
+def _count_streamed(monkeypatch, module) -> list:
+    """Record every call of ``module``'s launchers that got staging buffers (took the streaming path).
+
+    Without it a bitwise-equality test would also pass if the path were never taken.
+    """
+    streamed = []
+    real = _stream.stream_buffers
+
+    def spy(*args):
+        bufs = real(*args)
+        if bufs is not None:
+            streamed.append(bufs.shape)
+        return bufs
+
+    monkeypatch.setattr(module, "stream_buffers", spy)
+    return streamed
+
+
 def _buffers(shape, dtype, offset, n=3):
     numel = math.prod(shape)
     return tuple(torch.full((numel + offset,), float("nan"), dtype=dtype)[offset:].view(shape) for _ in range(n))
@@ -122,6 +140,9 @@ def _buffers(shape, dtype, offset, n=3):
     ],
 )
 def test_fused_forward_streaming_is_bitwise_plain(monkeypatch, dtype, op, noise):
+    from kernels.numba_cpu import gaussian
+
+    streamed = _count_streamed(monkeypatch, gaussian)
     for shape in SHAPES:
         mu, lv, eps = _inputs(shape, dtype)
         e, seed = (eps, None) if noise == "eps" else (None, 1234)
@@ -140,6 +161,7 @@ def test_fused_forward_streaming_is_bitwise_plain(monkeypatch, dtype, op, noise)
                 assert torch.equal(kl1, kl0)
         z2, _ = _forward(op, mu, lv, e, seed)  # a new output from the pool
         assert torch.equal(z2, z0)
+    assert len(streamed) == len(SHAPES) * (len(_offsets(dtype)) + 1), "a streaming call took the plain path"
 
 
 def _backward(mu, lv, eps, seed, wanted, out=None, dz_kind="full"):
@@ -171,6 +193,9 @@ def _check_grads(got, want, label):
     ],
 )
 def test_fused_backward_streaming_is_bitwise_plain(monkeypatch, dtype, noise, wanted, dz_kind):
+    from kernels.numba_cpu import gaussian
+
+    streamed = _count_streamed(monkeypatch, gaussian)
     for shape in SHAPES:
         mu, lv, eps = _inputs(shape, dtype, seed=1)
         e, seed = (eps, None) if noise == "eps" else (None, 77)
@@ -186,6 +211,7 @@ def test_fused_backward_streaming_is_bitwise_plain(monkeypatch, dtype, noise, wa
                 f"{shape}, offset {offset}",
             )
         _check_grads(_backward(mu, lv, e, seed, wanted, dz_kind=dz_kind), want, f"{shape}, pool")
+    assert len(streamed) == len(SHAPES) * (len(_offsets(dtype)) + 1), "a streaming call took the plain path"
 
 
 @needs_x86
@@ -201,6 +227,7 @@ def test_fused_backward_streaming_is_bitwise_plain(monkeypatch, dtype, noise, wa
 def test_log_prob_backward_streaming_is_bitwise_plain(monkeypatch, dtype, wanted):
     from kernels.numba_cpu import logprob
 
+    streamed = _count_streamed(monkeypatch, logprob)
     for shape in SHAPES:
         x, mu, lv = _inputs(shape, dtype, seed=4)
         g = torch.randn(shape[:-1], generator=torch.Generator().manual_seed(8), dtype=dtype)
@@ -216,6 +243,7 @@ def test_log_prob_backward_streaming_is_bitwise_plain(monkeypatch, dtype, wanted
                 f"{shape}, offset {offset}",
             )
         _check_grads(logprob.normal_backward(g, x, mu, lv, *wanted), want, f"{shape}, pool")
+    assert len(streamed) == len(SHAPES) * (len(_offsets(dtype)) + 1), "a streaming call took the plain path"
 
 
 @needs_x86

@@ -190,28 +190,20 @@ def _sfence(typingctx):
     return types.void(), codegen
 
 
-def task_buffer(bufs, t):  # pragma: no cover - replaced by the overload inside numba
-    """Row ``t`` of ``bufs``, or None when ``bufs`` is None (plain stores)."""
-    return None if bufs is None else bufs[t]
+def buffer_row(bufs, i):  # pragma: no cover - replaced by the overload inside numba
+    """Row ``i`` of ``bufs``, or None when ``bufs`` is None (plain stores).
+
+    A task's staging buffers are row ``t`` of the kernel's; one output's buffer is
+    row ``k`` of a task's ``[slots, BLOCK]`` (the backward kernels).
+    """
+    return None if bufs is None else bufs[i]
 
 
-@overload(task_buffer, inline="always")
-def _task_buffer_impl(bufs, t):
+@overload(buffer_row, inline="always")
+def _buffer_row_impl(bufs, i):
     if isinstance(bufs, types.NoneType):
-        return lambda bufs, t: None
-    return lambda bufs, t: bufs[t]
-
-
-def staging(sb, k):  # pragma: no cover - replaced by the overload inside numba
-    """Slot ``k`` of a task's staging buffers ``[slots, BLOCK]``, or None when not streaming."""
-    return None if sb is None else sb[k]
-
-
-@overload(staging, inline="always")
-def _staging_impl(sb, k):
-    if isinstance(sb, types.NoneType):
-        return lambda sb, k: None
-    return lambda sb, k: sb[k]
+        return lambda bufs, i: None
+    return lambda bufs, i: bufs[i]
 
 
 def block_len(sb, D):  # pragma: no cover - replaced by the overload inside numba

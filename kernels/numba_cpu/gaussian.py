@@ -80,12 +80,11 @@ from ._math import cst, fexp, seg
 from ._stream import (
     block_len,
     block_out,
+    buffer_row,
     num_tasks_for,
-    staging,
     stream_block,
     stream_buffers,
     stream_fence,
-    task_buffer,
 )
 
 # --------------------------------------------------------------------------- kernels
@@ -158,7 +157,7 @@ def _fwd_rows(r0, r1, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, sb):
 
 @njit(**JIT_OPTIONS)
 def _fwd_serial(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, bufs):
-    _fwd_rows(0, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, task_buffer(bufs, 0))
+    _fwd_rows(0, R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, buffer_row(bufs, 0))
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -167,7 +166,7 @@ def _fwd_parallel(R, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, bufs):
     n = num_tasks_for(bufs, tasks(R, D))
     for t in prange(n):
         lo, hi = task(t, n, R)
-        _fwd_rows(lo, hi, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, task_buffer(bufs, t))
+        _fwd_rows(lo, hi, D, mu, mul, lv, lvl, sp, eps, el, k0, k1, z, kl, buffer_row(bufs, t))
 
 
 @njit(**JIT_OPTIONS)  # a call, not IR inlining: numba prunes the None branches only in a compiled signature
@@ -233,9 +232,9 @@ def _bwd_rows(r0, r1, slot, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, 
             m_, v_, e_, dz_, s_ = seg(mr, lo, hi), seg(vr, lo, hi), seg(er, lo, hi), seg(dzr, lo, hi), seg(sr, lo, hi)
             dm_, dl_, de_ = seg(dmr, lo, hi), seg(dlr, lo, hi), seg(der, lo, hi)
             dmw, dlw, dew = (
-                block_out(dm_, staging(sb, 0)),
-                block_out(dl_, staging(sb, 1)),
-                block_out(de_, staging(sb, 2)),
+                block_out(dm_, buffer_row(sb, 0)),
+                block_out(dl_, buffer_row(sb, 1)),
+                block_out(de_, buffer_row(sb, 2)),
             )
             idx0 = np.uint64(b0 + lo)  # Philox index of the first element (a uint64 base vectorizes; int64 + j did not)
             for i in range(hi - lo):
@@ -256,9 +255,9 @@ def _bwd_rows(r0, r1, slot, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, 
                     put(dmu, dmw, i, gm)
                 if dlv is not None:
                     put(dlv, dlw, i, gl)
-            stream_block(dm_, staging(sb, 0), hi - lo)
-            stream_block(dl_, staging(sb, 1), hi - lo)
-            stream_block(de_, staging(sb, 2), hi - lo)
+            stream_block(dm_, buffer_row(sb, 0), hi - lo)
+            stream_block(dl_, buffer_row(sb, 1), hi - lo)
+            stream_block(de_, buffer_row(sb, 2), hi - lo)
     stream_fence(sb)
 
 
@@ -267,7 +266,7 @@ def _bwd_serial(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, d
     for t in range(nt):
         lo, hi = task(t, nt, R)
         _bwd_rows(
-            lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, task_buffer(bufs, t)
+            lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, buffer_row(bufs, t)
         )
 
 
@@ -277,7 +276,7 @@ def _bwd_parallel(nt, R, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1,
     for t in prange(nt):
         lo, hi = task(t, nt, R)
         _bwd_rows(
-            lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, task_buffer(bufs, t)
+            lo, hi, t, D, dz, dzl, dkl, mu, mul, lv, lvl, sp, eps, el, k0, k1, dmu, dlv, deps, buffer_row(bufs, t)
         )
 
 

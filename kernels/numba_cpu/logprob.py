@@ -69,7 +69,7 @@ from ._layout import (
     view,
 )
 from ._math import cst, fexp, fsigmoid, fsoftplus, seg
-from ._stream import block_len, block_out, staging, stream_block, stream_buffers, stream_fence, task_buffer
+from ._stream import block_len, block_out, buffer_row, stream_block, stream_buffers, stream_fence
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -146,9 +146,9 @@ def _normal_bwd_rows(r0, r1, slot, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dl
             x_, m_, v_, w_ = seg(xr, lo, hi), seg(mr, lo, hi), seg(vr, lo, hi), seg(wr, lo, hi)
             dx_, dm_, dl_ = seg(dxr, lo, hi), seg(dmr, lo, hi), seg(dlr, lo, hi)
             dxw, dmw, dlw = (
-                block_out(dx_, staging(sb, 0)),
-                block_out(dm_, staging(sb, 1)),
-                block_out(dl_, staging(sb, 2)),
+                block_out(dx_, buffer_row(sb, 0)),
+                block_out(dm_, buffer_row(sb, 1)),
+                block_out(dl_, buffer_row(sb, 2)),
             )
             for j in range(hi - lo):
                 d = x_[j] - m_[j]
@@ -160,9 +160,9 @@ def _normal_bwd_rows(r0, r1, slot, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dl
                     put(dmu, dmw, j, gq)
                 if dlv is not None:
                     put(dlv, dlw, j, -half * gr * (one - d * q))
-            stream_block(dx_, staging(sb, 0), hi - lo)
-            stream_block(dm_, staging(sb, 1), hi - lo)
-            stream_block(dl_, staging(sb, 2), hi - lo)
+            stream_block(dx_, buffer_row(sb, 0), hi - lo)
+            stream_block(dm_, buffer_row(sb, 1), hi - lo)
+            stream_block(dl_, buffer_row(sb, 2), hi - lo)
     stream_fence(sb)
 
 
@@ -170,7 +170,7 @@ def _normal_bwd_rows(r0, r1, slot, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dl
 def _normal_bwd_serial(nt, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, bufs):
     for t in range(nt):
         lo, hi = task(t, nt, R)
-        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, task_buffer(bufs, t))
+        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, buffer_row(bufs, t))
 
 
 @njit(parallel=True, **JIT_OPTIONS)
@@ -178,7 +178,7 @@ def _normal_bwd_parallel(nt, R, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, 
     # bufs: None, or [nt, 3, BLOCK] staging buffers (_stream.stream_buffers)
     for t in prange(nt):
         lo, hi = task(t, nt, R)
-        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, task_buffer(bufs, t))
+        _normal_bwd_rows(lo, hi, t, D, g, x, xl, mu, mul, lv, lvl, w, dx, dmu, dlv, buffer_row(bufs, t))
 
 
 @njit(**JIT_OPTIONS)
