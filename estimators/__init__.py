@@ -17,7 +17,7 @@ run on. See :mod:`estimators.base` for the protocols.
 
 from . import control_variates
 from .base import Estimator, attach, log_likelihood, log_prior
-from .registry import available, get, register
+from .registry import available, estimator_class, get, option_names, register, takes_control_variate
 
 # registration order is the order of available()
 from . import reparam, stl, score_function, measure_valued, iwae, dreg, vimco  # noqa: E402, I001  isort: skip
@@ -34,11 +34,13 @@ __all__ = [
     "available",
     "control_variates",
     "dreg",
+    "estimator_class",
     "get",
     "iwae",
     "log_likelihood",
     "log_prior",
     "measure_valued",
+    "option_names",
     "per_sample_grads",
     "per_sample_grads_expectation",
     "per_sample_grads_loop",
@@ -47,5 +49,6 @@ __all__ = [
     "reparam",
     "score_function",
     "stl",
+    "takes_control_variate",
     "vimco",
 ]

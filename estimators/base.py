@@ -28,8 +28,9 @@ graphs"; the form of pyro's ``trace_elbo``). See :meth:`Estimator.surrogate`.
   shaped like ``decode(z)``'s outputs (equal to ``torch.func.vmap`` over a
   ``vjp`` of ``decode`` along ``rep_dim``); :func:`estimators.per_sample_grads`
   calls it instead of that vmap, which recomputes the decoder's forward
-  (:class:`bench.ppca.LinearGaussianVAE` and :class:`bench.models.MLPVAE` have
-  one); a hook that returns ``NotImplemented`` declines, and the vmap runs;
+  (:class:`bench.problems.ppca.LinearGaussianVAE` and
+  :class:`bench.problems.models.MLPVAE` have one); a hook that returns
+  ``NotImplemented`` declines, and the vmap runs;
 * optionally ``model.decoder_layers() -> {submodule name: nn.Linear}``: linear
   layers whose weights and biases are every trainable decoder parameter, each
   used only through its layer's forward over the last dim, on inputs whose
@@ -38,7 +39,7 @@ graphs"; the form of pyro's ``trace_elbo``). See :meth:`Estimator.surrogate`.
   records each layer's input and output while the objective runs, takes the
   cotangents at the outputs in its one backward pass and forms the
   per-replicate gradients from them (no second pass through the decoder); it
-  is tried before ``decoder_vjp`` (:class:`bench.models.MLPVAE` has one), and
+  is tried before ``decoder_vjp`` (:class:`bench.problems.models.MLPVAE` has one), and
   ``NotImplemented`` declines it.
 
 The densities are evaluated here, through the public kernel API
@@ -54,7 +55,7 @@ estimators estimate the gradient of the ELBO
 
 (Kingma & Welling 2014, eqs. 7 and 10). ``loss = -mean_b surrogate_b`` is the
 scalar to minimise. The decoder's parameters always get the plain Monte Carlo
-gradient ``mean_s grad_theta log p(x|z_s)`` (the M-step of the seed lecture);
+gradient ``mean_s grad_theta log p(x|z_s)`` (as in the M-step of EM: no trick is needed);
 the estimator choice is about the encoder.
 
 **Noise.** Every estimator consumes a standard-normal tensor of
@@ -173,15 +174,22 @@ class Estimator:
 
     Attributes:
         name: registry key.
+        families: the latent families whose gradient it estimates (``"normal"``:
+            q = N(mu, diag exp(logvar))); the harness and the contract tests read it.
         vae_only: the estimator needs the VAE structure (x, decoder); its
             :meth:`surrogate` raises ValueError.
+        multi_sample: its objective is a K-sample bound (the importance-weighted
+            bound of Burda et al. 2016), so training runs it with K > 1 samples
+            (at K = 1 the bound is the ELBO).
         min_samples: smallest ``num_samples`` it accepts.
         default_kl: the KL mode of :meth:`vae_loss` when ``kl`` is None.
         kl_modes: the KL modes it accepts.
     """
 
     name: ClassVar[str] = ""
+    families: ClassVar[tuple[str, ...]] = ("normal",)
     vae_only: ClassVar[bool] = False
+    multi_sample: ClassVar[bool] = False
     min_samples: ClassVar[int] = 1
     default_kl: ClassVar[str] = "analytic"
     kl_modes: ClassVar[tuple[str, ...]] = KL_MODES
@@ -226,6 +234,11 @@ class Estimator:
             yield
         finally:
             self._frozen -= 1
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the estimator carries state that training updates (a stateful control variate)."""
+        return False
 
     @property
     def updates_state(self) -> bool:

@@ -23,6 +23,7 @@ Registry order (the option ``control_variate=`` of ``score_function``):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -61,12 +62,15 @@ class ControlVariate:
         extra_factor: extra f evaluations it draws, as a multiple of S (their noise
             is part of the estimator's noise tensor and counts in its cost).
         needs_context: it needs x (the VAE setting).
+        stateful: it carries state that :meth:`update` changes (a running
+            average, a trained network).
     """
 
     name: ClassVar[str | None] = None
     min_samples: ClassVar[int] = 1
     extra_factor: ClassVar[int] = 0
     needs_context: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
 
     @property
     def options(self) -> dict:
@@ -110,6 +114,7 @@ class MovingAverage(ControlVariate):
     """
 
     name = "moving_average"
+    stateful = True
 
     def __init__(self, decay: float = 0.9) -> None:
         if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0.0 <= decay < 1.0:
@@ -270,6 +275,7 @@ class Learned(ControlVariate):
 
     name = "learned"
     needs_context = True
+    stateful = True
 
     def __init__(self, hidden: int = 100, lr: float = 1e-3, seed: int = 0) -> None:
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
@@ -320,14 +326,42 @@ class Learned(ControlVariate):
         return [] if self.net is None else list(self.net.parameters())
 
 
-CONTROL_VARIATES: dict[str | None, Callable[..., ControlVariate]] = {
-    None: NoControlVariate,
-    "moving_average": MovingAverage,
-    "leave_one_out": LeaveOneOut,
-    "optimal": Optimal,
-    "delta": Delta,
-    "learned": Learned,
-}
+#: name -> factory, in registration order (the CLI's and results' ``"none"`` is the key None).
+CONTROL_VARIATES: dict[str | None, Callable[..., ControlVariate]] = {}
+
+
+def register(name: str | None, factory: Callable[..., ControlVariate], *, replace: bool = False):
+    """Add a control variate of ``score_function`` under ``name``.
+
+    Args:
+        name: an identifier (the option value ``control_variate=name`` and the
+            results' ``control_variate`` column); None is the plain estimator.
+        factory: builds a :class:`ControlVariate`; it is called with those of the
+            score-function estimator's options (``decay``, ``delta_order``,
+            ``baseline_hidden``, ``baseline_lr``, ``seed``) that it accepts as
+            keyword arguments.
+        replace: allow replacing a registered name.
+
+    Raises:
+        ValueError: the name is not an identifier (or is ``"none"``) or is taken.
+        TypeError: the factory is not callable.
+    """
+    if name is not None and (not isinstance(name, str) or not name.isidentifier() or name == "none"):
+        raise ValueError(f"control variate name must be an identifier other than 'none', got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"control variate {name!r}: factory must be callable, got {type(factory).__name__}")
+    if name in CONTROL_VARIATES and not replace and CONTROL_VARIATES[name] is not factory:
+        raise ValueError(f"control variate {name!r} is already registered (pass replace=True to override)")
+    CONTROL_VARIATES[name] = factory
+    return factory
+
+
+register(None, NoControlVariate)
+register("moving_average", MovingAverage)
+register("leave_one_out", LeaveOneOut)
+register("optimal", Optimal)
+register("delta", lambda delta_order=2: Delta(delta_order))
+register("learned", lambda baseline_hidden=100, baseline_lr=1e-3, seed=0: Learned(baseline_hidden, baseline_lr, seed))
 
 
 def names() -> list[str]:
@@ -335,16 +369,25 @@ def names() -> list[str]:
     return ["none" if k is None else k for k in CONTROL_VARIATES]
 
 
-def make(name: str | None, *, decay=0.9, delta_order=2, baseline_hidden=100, baseline_lr=1e-3, seed=0):
-    """Build the control variate ``name`` (``None`` or ``"none"`` for the plain estimator)."""
+def make(name: str | None, **options):
+    """Build the control variate ``name`` (``None`` or ``"none"`` for the plain estimator).
+
+    Args:
+        name: a registered name.
+        **options: the score-function estimator's options; each factory gets the
+            ones its signature accepts (``decay`` for ``moving_average``,
+            ``delta_order`` for ``delta``, ``baseline_hidden``, ``baseline_lr`` and
+            ``seed`` for ``learned``).
+    """
     if name == "none":
         name = None
     if name not in CONTROL_VARIATES:
         raise ValueError(f"control_variate must be one of {[None, *names()[1:]]} (or 'none'), got {name!r}")
-    if name == "moving_average":
-        return MovingAverage(decay)
-    if name == "delta":
-        return Delta(delta_order)
-    if name == "learned":
-        return Learned(baseline_hidden, baseline_lr, seed)
-    return CONTROL_VARIATES[name]()
+    factory = CONTROL_VARIATES[name]
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: call it bare
+        params = {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return factory(**options)
+    return factory(**{k: v for k, v in options.items() if k in params})

@@ -28,6 +28,7 @@ class MultiSample(Estimator):
     """Base of the VAE-only importance-weighted estimators."""
 
     vae_only = True
+    multi_sample = True
     default_kl = "mc"
     kl_modes = ("mc",)
 

@@ -7,8 +7,9 @@ counters ``r N ... (r + 1) N - 1`` (N elements per estimate). Disjoint counters
 give independent noise (never one shared draw, which would read as zero
 variance), and one kernel call per chunk of replicates draws them, already laid
 out as ``[S, chunk, ...]`` (:func:`kernels.normal_noise_blocks`); per-replicate
-seeds would cost one call of ~0.1 ms per replicate, more than a whole batched
-estimate of a small problem. Row r equals the gradient of ``est.vae_loss(model, x, eps=noise[r])``
+seeds would cost one kernel call per replicate, more than a whole batched
+estimate of a small problem (see ``docs/per-sample-gradients.md``). Row r
+equals the gradient of ``est.vae_loss(model, x, eps=noise[r])``
 (:func:`per_sample_grads_loop` computes exactly that, one backward pass per
 replicate, as the reference). The batched version runs the R replicates as one
 batch, chunked over R to bound memory:
@@ -196,8 +197,8 @@ def _chunk_noise(est: Estimator, num_samples: int, mu: torch.Tensor, rc: int, r0
 
     ``replicate_noise(...)[r0:r0 + rc].movedim(0, 1)``, drawn in that layout
     (:func:`kernels.normal_noise_blocks`): contiguous, so the kernels stream
-    it (the moved view made every row of z a jump of one replicate's noise, and
-    the numba rsample forward and backward at S = 1000 took 1.6x and 1.8x as long).
+    it (a moved view would make every row of z a jump to another replicate's
+    noise, which slows the kernels down; see ``docs/per-sample-gradients.md``).
     """
     shape = est.noise_shape(num_samples, tuple(mu.shape))
     return kernels.normal_noise_blocks(rc, shape, seed=seed, first=r0, device=mu.device, dtype=mu.dtype)

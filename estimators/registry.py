@@ -2,8 +2,9 @@
 
 An estimator is a subclass of :class:`estimators.base.Estimator` registered under
 its ``name`` with :func:`register` (a class decorator). Adding an estimator is one
-module with one decorated class plus its import in ``estimators/__init__.py``;
-the contract tests and the benchmarks iterate over :func:`available`.
+module with one decorated class, imported in ``estimators/__init__.py`` or loaded
+as a plugin (see the README); the contract tests and the benchmarks iterate over
+:func:`available`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,29 @@ def available() -> list[str]:
     return list(_REGISTRY)
 
 
+def estimator_class(name: str) -> type:
+    """The registered class of ``name``: its class attributes (``families``,
+    ``vae_only``, ``multi_sample``, ``min_samples``) are the facts the harness reads.
+
+    Raises:
+        ValueError: unknown name (the message lists the available ones).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"estimator must be one of {available()}, got {name!r}")
+    return _REGISTRY[name]
+
+
+def option_names(name: str) -> list[str]:
+    """The keyword options :func:`get` accepts for ``name`` (e.g. ``["control_variate", "decay", ...]``)."""
+    cls = estimator_class(name)
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def takes_control_variate(name: str) -> bool:
+    """Whether estimator ``name`` takes the option ``control_variate``."""
+    return "control_variate" in option_names(name)
+
+
 def get(name: str, **options):
     """A new estimator ``name`` configured by ``options``.
 
@@ -54,10 +78,8 @@ def get(name: str, **options):
             option value.
         TypeError: an option the estimator does not take (the message lists those it takes).
     """
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"estimator must be one of {available()}, got {name!r}")
-    cls = _REGISTRY[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    cls = estimator_class(name)
+    accepted = option_names(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"estimator {name!r} takes the options {accepted}, got unknown {unknown}")

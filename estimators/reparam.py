@@ -1,7 +1,7 @@
 """Reparameterization (pathwise) gradient.
 
-Identity (Kingma & Welling 2014, sec. 2.4; Rezende et al. 2014; the seed
-lecture's "reparametrization trick"): with z = mu + sigma * eps, eps ~ N(0, I),
+Identity (Kingma & Welling 2014, sec. 2.4; Rezende et al. 2014; the
+"reparameterization trick"): with z = mu + sigma * eps, eps ~ N(0, I),
 
     grad E_{N(z; mu, sigma^2)}[f(z)] = E_eps[grad f(mu + sigma * eps)],
 

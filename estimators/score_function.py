@@ -1,6 +1,6 @@
 """Score-function (log-derivative, REINFORCE) gradient with optional control variates.
 
-Identity (Williams 1992; Glynn 1990; the seed lecture's "log-derivative trick"):
+Identity (Williams 1992; Glynn 1990; the "log-derivative trick"):
 
     grad_theta E_{q_theta}[f(z)] = E_q[f(z) grad_theta log q_theta(z)],
 
@@ -81,6 +81,10 @@ class ScoreFunction(Estimator):
     @property
     def vae_only(self) -> bool:  # type: ignore[override]
         return self.cv.needs_context
+
+    @property
+    def stateful(self) -> bool:
+        return self.cv.stateful
 
     def parameters(self):
         return self.cv.parameters()

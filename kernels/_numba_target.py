@@ -6,13 +6,9 @@ feature: its loop vectorizer then uses 256-bit registers even though 512-bit
 ones exist, to avoid the clock reduction that wide instructions caused on the
 early AVX-512 parts. The kernels here are long element-wise loops with a
 polynomial ``exp``/``log`` per element (:mod:`kernels.numba_cpu._math`), where
-twice the lanes is what counts. Measured on a 2-core Intel Xeon (Emerald Rapids,
-KVM), three alternating ``scripts/kernel_scaling.py`` runs each way (every fused
-forward and backward kernel, [256, 1024] to [16384, 1024], 1 and 2 threads):
-the median cell ran 1.19x faster with 512-bit vectors at one thread and 1.25x
-at two, 76 of 80 cells faster (per cell 0.91-2.38x); at two threads 1.44x at
-[256, 1024] (cache-resident) and 1.07x at [16384, 1024] (DRAM). A flat float32
-``exp`` loop over 4M elements: 2.39 -> 1.65 ms at one thread.
+twice the lanes is what counts: on an AVX-512 host the median kernel ran faster
+with 512-bit vectors at every size measured (``docs/numba-backend.md``, and the
+record in ``docs/measurements/vector-width-intel-xeon.md``).
 
 So unless told otherwise, :func:`configure` hands numba the host's features plus
 ``-prefer-256-bit`` (LLVM's name for that tuning flag) where the host has

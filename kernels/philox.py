@@ -107,10 +107,9 @@ if _HAVE_NUMBA:
     # The options of ``kernels.numba_cpu._flags.JIT_OPTIONS``, spelled out because this
     # module cannot import that package at import time (see above; a test checks they
     # agree). ``error_model="numpy"`` removes the division-by-zero check in ``flog``,
-    # without which the fill loop does not vectorize at all (4M float32, one thread:
-    # 125 ms without it, 21 ms with it); the fastmath flags add little (21.4 -> 20.8
-    # ms) but are those of the fused kernels, which inline ``randn_at``, so the noise
-    # filled here is bitwise the noise drawn there.
+    # without which the fill loop does not vectorize at all (docs/numba-backend.md);
+    # the fastmath flags add little speed but are those of the fused kernels, which
+    # inline ``randn_at``, so the noise filled here is bitwise the noise drawn there.
     _FILL_OPTIONS = dict(cache=True, fastmath={"reassoc", "contract"}, error_model="numpy")
 
     @njit(inline="always", cache=True)

@@ -60,6 +60,12 @@ class Backend(Protocol):
 
     def normal_noise(self, shape, seed, device, dtype): ...  # -> [*shape]
 
+    # Optional: ``describe(device) -> dict`` of the settings that shape the
+    # backend's numbers (threads, vector width, ...); run manifests record it.
+    # Optional: ``preallocated_calls(op, inputs, upstream, seed) -> (forward,
+    # backward)``, closures running the op's kernels on preallocated outputs,
+    # which the kernel benchmark times apart from allocation.
+
 
 @dataclass(frozen=True)
 class BackendInfo:

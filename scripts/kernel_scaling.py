@@ -2,10 +2,10 @@
 
 Each run times every op's fused forward and backward kernel (preallocated
 outputs) at each size and numba thread count, next to a copy that moves as many
-bytes as the op (:func:`bench.kernel_scaling.kernel_scaling`), and is written to
+bytes as the op (:func:`bench.measure.kernel_scaling.kernel_scaling`), and is written to
 ``OUT/run-<k>.csv`` as soon as it finishes, so an interrupted session keeps the
 runs it completed and ``--resume`` carries on from there. The medians over the
-runs (:func:`bench.kernel_scaling.scaling_summary`) are printed and written to
+runs (:func:`bench.measure.kernel_scaling.scaling_summary`) are printed and written to
 ``OUT/summary.csv``, drawn in ``OUT/scaling.png``. A compute-bound kernel keeps its ns per element from the
 smallest size to the largest (``ns_vs_smallest`` near 1) and speeds up with
 threads; a bandwidth-bound one slows per element once it leaves the cache.
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.kernel_scaling import SCALING_PASSES, SCALING_SIZES, kernel_scaling, scaling_figure, scaling_summary
-from bench.kernel_speed import DEFAULT_OPS
-from bench.options import add_series_arguments, parse_ints, parse_list, parse_sizes
+from bench.cli.options import add_series_arguments, parse_ints, parse_list, parse_sizes
+from bench.measure.kernel_scaling import SCALING_PASSES, SCALING_SIZES, kernel_scaling, scaling_figure, scaling_summary
+from bench.measure.kernel_speed import DEFAULT_OPS
 from bench.results import run_series
 
 EXAMPLES = """examples:

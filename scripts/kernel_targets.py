@@ -1,7 +1,7 @@
-"""The foundation issue's kernel speed targets over several runs: float32, medians, ratios taken within each run.
+"""The numba kernels' speed targets over several runs: float32, medians, ratios taken within each run.
 
 Each run times every op x backend x pass at the issue's sizes
-(:func:`bench.kernel_speed.kernel_speed`), each cell's backends and a copy of
+(:func:`bench.measure.kernel_speed.kernel_speed`), each cell's backends and a copy of
 the same size in rounds (one call of each per round, in balanced orders, each
 backend on its own copy of the inputs), so that every
 ratio compares calls made in the same seconds of a shared machine; ``--sequential``
@@ -9,7 +9,7 @@ times them one backend after the other instead. Each run is written to ``OUT/run
 as soon as it finishes, so an interrupted session keeps the runs it completed
 and ``--resume`` carries on from there. The summary table (numba against torch
 eager, ``torch.compile`` and the same run's copy bandwidth) of the last run and
-the targets table (:func:`bench.kernel_speed.targets`: each ratio's median over
+the targets table (:func:`bench.measure.kernel_speed.targets`: each ratio's median over
 the runs, and in how many runs it was met) are printed and written to
 ``OUT/summary.csv`` and ``OUT/targets.csv``.
 """
@@ -25,8 +25,9 @@ import numba
 import pandas as pd
 import torch
 
-from bench.kernel_speed import ISSUE2_TARGETS, kernel_speed, summary, targets
-from bench.options import add_series_arguments
+from bench.cli.options import add_series_arguments
+from bench.measure.kernel_speed import kernel_speed, summary
+from bench.measure.targets import KERNEL_TARGETS, targets
 from bench.results import run_series
 
 SIZES = ((1024, 256), (4096, 1024), (16384, 1024))
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     pd.set_option("display.max_colwidth", 60)
     last = summary(runs[-1])
     last.to_csv(out / "summary.csv", index=False)
-    table = targets(runs, ISSUE2_TARGETS)
+    table = targets(runs, KERNEL_TARGETS)
     table.to_csv(out / "targets.csv", index=False)
     print(f"\nlast run ({len(runs)} in {out}):")
     print(last.to_string(float_format=lambda v: f"{v:.3g}"))

@@ -2,7 +2,7 @@
 
 Each cell (op, size) times the kernel with streaming on and off
 (``kernels.numba_cpu._stream.ENABLED``; threshold as configured) in balanced
-rounds (:func:`bench.kernel_speed.time_round_robin`), each variant on its own
+rounds (:func:`bench.measure.timing.time_round_robin`), each variant on its own
 input sets, used in turn, so that a call reads its inputs from DRAM as the
 interleaved kernel targets do. Outputs are preallocated. The medians and their
 ratio (stream / plain: below 1 is faster) are printed and written to
@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
-import statistics
 import sys
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from bench.kernel_speed import time_round_robin
-from bench.options import parse_list, parse_sizes
+from bench.cli.options import parse_list, parse_sizes
+from bench.measure.timing import quantile, time_round_robin
 
 OPS = ("normal_rsample_kl:forward", "normal_rsample_kl:backward", "normal_log_prob:backward")
 EXAMPLES = """examples:
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k, name in enumerate(("stream", "plain"))
             }
             ts = time_round_robin(fns, repeats=args.rounds, around=variant)
-            med = {name: statistics.median(v) * 1e3 for name, v in ts.items()}
+            med = {name: quantile(v, 0.5) * 1e3 for name, v in ts.items()}
             rows.append(
                 {
                     "op": op,

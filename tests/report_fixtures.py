@@ -201,7 +201,7 @@ def build_run(
         command="elbobench run --quick --out " + str(out),
         cpu="Fixture CPU @ 2.0GHz",
         torch_threads=2,
-        numba_threads=2,
+        backends={"numba": {"threads": 2}},
         extra={"planned_configs": planned},
     ).write(out)
 

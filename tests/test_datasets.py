@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import datasets
+from bench.problems import datasets
 
 
 def _write_idx(path, arr: np.ndarray, gz: bool) -> None:

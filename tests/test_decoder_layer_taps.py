@@ -18,7 +18,7 @@ from torch import nn
 
 import estimators
 import kernels
-from bench import models
+from bench.problems import models
 from estimators import per_sample
 
 TOL = dict(rtol=1e-10, atol=1e-12)

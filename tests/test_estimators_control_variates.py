@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import estimators
-from bench import ppca
+from bench.problems import ppca
 
 R = 2000
 D, K, B = 5, 2, 3

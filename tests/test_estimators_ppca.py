@@ -1,4 +1,4 @@
-"""The linear-Gaussian VAE (bench/ppca.py): closed forms, and every estimator against them.
+"""The linear-Gaussian VAE (bench/problems/ppca.py): closed forms, and every estimator against them.
 
 Statistical checks use fixed seeds and ``|mean - exact| <= Z * SE`` with the
 estimator's own standard error; Z = 5 (two-sided p = 5.7e-7 per comparison; a few
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import estimators
-from bench import ppca
+from bench.problems import ppca
 
 Z = 5.0
 D, K, B = 5, 2, 3

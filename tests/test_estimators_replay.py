@@ -15,7 +15,7 @@ from estimator_models import LOGVAR, MU
 
 import estimators
 import kernels
-from bench import ppca
+from bench.problems import ppca
 
 A = torch.tensor([0.7, -0.4, 0.3], dtype=torch.float64)
 SEEDS = [0, 1, 2]

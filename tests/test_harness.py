@@ -12,9 +12,9 @@ from torch import nn
 
 import kernels
 from bench import cli
-from bench import options as opt
-from bench import train as T
-from bench import variance as V
+from bench.cli import options as opt
+from bench.measure import train as T
+from bench.measure import variance as V
 from bench.results import read_results
 
 SMALL = {"steps": 30, "batch_size": 50, "eval_every": 10, "is_k": 10, "eval_size": 64, "test_size": 64}
@@ -211,7 +211,7 @@ def test_numba_and_torch_give_the_same_training_curve():
 
 def test_lockstep_throughput_trains_each_config_as_train_does():
     """The paired throughput runs train exactly as :func:`train` (same steps, same bounds), timed per step."""
-    from bench import datasets
+    from bench.problems import datasets
 
     data = datasets.load("digits", seed=0)
     base = T.TrainConfig(estimator="reparam", backend="torch", steps=12, batch_size=16, eval_every=12, is_k=0)
@@ -400,7 +400,7 @@ def test_bootstrap_ci_is_centred_on_the_estimate_for_small_r():
 
 # --------------------------------------------------------------------------- estimator speed
 def test_time_interleaved_calls_each_fn_under_its_backend_in_rotating_order():
-    from bench import speed as S
+    from bench.measure import speed as S
 
     calls = []
     fns = {b: (lambda b=b: calls.append((b, kernels.get_backend()))) for b in ("torch", "numba")}
@@ -412,7 +412,7 @@ def test_time_interleaved_calls_each_fn_under_its_backend_in_rotating_order():
 
 
 def test_estimator_speed_rows_per_backend_and_resume(tmp_path):
-    from bench import speed as S
+    from bench.measure import speed as S
     from bench.results import ResultsWriter
 
     backends = ["torch", "numba"] if "numba" in kernels.available_backends("cpu") else ["torch"]
@@ -444,7 +444,7 @@ def test_training_summary_says_its_examples_per_s_are_not_a_backend_comparison()
 def test_speed_interleave_kernels_reaches_kernel_speed(extra, options):
     import argparse
 
-    from bench import speed as S
+    from bench.cli import speed as S
 
     parser = argparse.ArgumentParser()
     S.add_arguments(parser)

@@ -1,4 +1,4 @@
-"""``bench.kernel_scaling`` (time per element against size and threads) and ``scripts/kernel_scaling.py``.
+"""``bench.measure.kernel_scaling`` (time per element against size and threads) and ``scripts/kernel_scaling.py``.
 
 The summary is checked on synthetic runs whose every ratio is known; one small
 real run checks the measured table's bookkeeping (nothing about its speed).
@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import kernel_scaling as ks
-from bench.kernel_speed import op_bytes
+from bench.measure import kernel_scaling as ks
+from bench.measure.kernel_speed import op_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = int(numba.config.NUMBA_NUM_THREADS)
@@ -46,13 +46,13 @@ def test_threads_are_restored_when_a_cell_fails(monkeypatch):
     before = numba.get_num_threads()
     calls = []
 
-    def boom(fn, repeats, warmup=2):
+    def boom(fn, repeats, warmup=2, **_):
         calls.append(numba.get_num_threads())
         if len(calls) > 1:
             raise RuntimeError("planted")
         return [1e-3]
 
-    monkeypatch.setattr(ks, "_time", boom)
+    monkeypatch.setattr(ks, "time_call", boom)
     with pytest.raises(RuntimeError, match="planted"):
         ks.kernel_scaling(sizes=((4, 8),), ops=("normal_kl_std",), threads=(1,), repeats=1)
     assert numba.get_num_threads() == before and calls[-1] == 1
@@ -239,7 +239,7 @@ def test_script_help_shows_examples(script, capsys):
 
 def test_known_times_give_known_rates(monkeypatch):
     # every timed call takes 2 ms: GB/s and the same-footprint copy follow from the byte model alone
-    monkeypatch.setattr(ks, "_time", lambda fn, repeats, warmup=2: [2e-3] * repeats)
+    monkeypatch.setattr(ks, "time_call", lambda fn, repeats, warmup=2, **_: [2e-3] * repeats)
     df = ks.kernel_scaling(sizes=((16, 64),), ops=("normal_log_prob",), threads=(1,), repeats=3)
     for r in df.itertuples():
         assert r.ms == pytest.approx(2.0) and r.ns_per_element == pytest.approx(2e6 / (16 * 64))
@@ -258,7 +258,7 @@ def test_figure_is_written_and_rejects_other_tables(tmp_path):
 
 
 def test_repeated_arguments_are_measured_once(monkeypatch):
-    monkeypatch.setattr(ks, "_time", lambda fn, repeats, warmup=2: [1e-3] * repeats)
+    monkeypatch.setattr(ks, "time_call", lambda fn, repeats, warmup=2, **_: [1e-3] * repeats)
     df = ks.kernel_scaling(sizes=((4, 8), (4, 8)), ops=("normal_kl_std",) * 2, threads=(1, 1), passes=("forward",) * 2)
     assert len(df) == 1
     ks.scaling_summary([df])  # one row per cell, so it summarises

@@ -1,4 +1,4 @@
-"""Fast checks of :func:`bench.kernel_speed.kernel_speed` (schema, byte model, arguments); no speed asserted."""
+"""Fast checks of :func:`bench.measure.kernel_speed.kernel_speed` (schema, byte model, arguments); no speed asserted."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.kernel_speed import BYTE_MODEL, balanced_orders, kernel_speed, op_bytes, summary, time_round_robin
+from bench.measure.kernel_speed import BYTE_MODEL, kernel_speed, op_bytes, summary
+from bench.measure.timing import balanced_orders, time_round_robin
 from bench.results import FIELDS
 
 
@@ -137,7 +138,7 @@ def test_sequential_is_the_default_and_says_so(table):
 
 @pytest.mark.parametrize("interleave", [False, True])
 def test_interleaved_backends_read_their_own_inputs(monkeypatch, interleave):
-    import bench.kernel_speed as ks
+    import bench.measure.kernel_speed as ks
 
     seen = {}
     real = ks._cell_call

@@ -446,8 +446,11 @@ def test_calls_are_routed_by_precedence(clean_selection, monkeypatch):
 def test_numba_describe_and_availability():
     mod = registry.load("numba")
     assert mod.availability("cpu") is None
-    text = mod.describe("cpu")
-    assert "numba" in text and "threads" in text and "cache" in text
+    info = mod.describe("cpu")
+    assert info["threads"] >= 1 and info["version"] and info["cache_dir"]
+    assert kernels.describe_backends("cpu")["numba"] == info
+    row = next(r for r in kernels.backend_report() if r["backend"] == "numba" and r["device"] == "cpu")
+    assert f"threads {info['threads']}" in row["mode"] and info["stores"] in row["mode"]
 
 
 # --------------------------------------------------------------------------- float32 accuracy at D = 1024

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 import estimators
-from bench import models
+from bench.problems import models
 
 
 def _model(activation="tanh", seed=0, dtype=torch.float64):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernels
-from bench import datasets, models
+from bench.problems import datasets, models
 
 
 @pytest.fixture(scope="module")

@@ -356,7 +356,7 @@ def test_unknown_value_warns_and_means_auto(monkeypatch):
 def test_described_by_backends():
     from kernels.numba_cpu import describe
 
-    assert _stream.describe() in describe()
+    assert describe()["stores"] == _stream.describe()
 
 
 # --------------------------------------------------------------------------- scripts/stream_stores.py
@@ -383,7 +383,9 @@ def test_script_times_both_variants_and_writes_csv(script, tmp_path, monkeypatch
     assert script.main(["--out", str(tmp_path), "--sizes", "300x300", "--rounds", "2", "--sets", "1"]) == 0
     got = pd.read_csv(tmp_path / "stream_stores.csv")
     assert list(got.op) == list(script.OPS) and set(got["size"]) == {"300x300"}
-    assert (got.stream_ms > 0).all() and (got.plain_ms > 0).all() and got.streams_here.all()
+    assert (got.stream_ms > 0).all() and (got.plain_ms > 0).all()
+    # whether the host's own policy streams at this size: on where auto enables it (Intel), off elsewhere
+    assert (got.streams_here == before).all()
     assert np.allclose(got.ratio, got.stream_ms / got.plain_ms)
     assert _stream.ENABLED is before  # the variant switch put the setting back
     assert "ratio" in capsys.readouterr().out

@@ -28,8 +28,8 @@ from report_fixtures import build_run, write_benchmark_json  # noqa: E402
 
 from bench import cli  # noqa: E402
 from bench.report import build_report, load_image_arrays, save_image_grid_arrays  # noqa: E402
-from bench.report_figures import FIG_WIDTH_PX, png_size  # noqa: E402
-from bench.report_tables import (  # noqa: E402
+from bench.report.figures import FIG_WIDTH_PX, png_size  # noqa: E402
+from bench.report.tables import (  # noqa: E402
     METRICS,
     MetricSpec,
     ReportError,

@@ -133,7 +133,7 @@ def test_availability_and_describe_per_mode(monkeypatch):
     monkeypatch.setattr(tg, "_FROZEN", tg.Mode(True, None, "test"))
     assert tg.availability("cpu") is None
     assert "CUDA tensors need compiled triton" in tg.availability("cuda")
-    assert tg.describe("cpu") == "interpreter (TRITON_INTERPRET=1)"
+    assert tg.describe("cpu")["mode"] == "interpreter (TRITON_INTERPRET=1)"
     monkeypatch.setattr(tg, "_FROZEN", tg.Mode(False, None, "test"))
     assert "set ELBOBENCH_TRITON_INTERPRET=1" in tg.availability("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -148,10 +148,10 @@ def test_backend_report_says_how_triton_runs():
     rows = {(r["backend"], r["device"]): r for r in kernels.backend_report()}
     row = rows[("triton", "cpu")]
     if DEVICE == "cpu":
-        assert row["available"] and row["mode"] == "interpreter (TRITON_INTERPRET=1)"
+        assert row["available"] and row["mode"].endswith("mode interpreter (TRITON_INTERPRET=1)")
         assert "interpreter" in rows[("triton", "cuda")]["reason"]
     elif DEVICE == "cuda":
-        assert rows[("triton", "cuda")]["mode"].startswith("compiled (CUDA, ")
+        assert "mode compiled (CUDA, " in rows[("triton", "cuda")]["mode"]
         assert not row["available"] and "interpreter" in row["reason"]
 
 
@@ -495,9 +495,9 @@ def test_torch_compile_traces_the_ops_without_graph_breaks(entry):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-# --------------------------------------------------------------------------- bench/gpu_kernels.py
+# --------------------------------------------------------------------------- elbobench gpu-kernels
 def _gpu_bench_args(tmp_path, **kw):
-    from bench import gpu_kernels
+    from bench.cli import gpu_kernels
 
     parser = argparse.ArgumentParser()
     gpu_kernels.add_arguments(parser)
@@ -509,17 +509,19 @@ def _gpu_bench_args(tmp_path, **kw):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
 def test_gpu_benchmark_exits_2_without_a_gpu(tmp_path, capsys):
-    from bench import gpu_kernels
+    from bench.cli import gpu_kernels as cli_gpu
+    from bench.measure import gpu_kernels
 
-    assert gpu_kernels.main(_gpu_bench_args(tmp_path)) == gpu_kernels.NO_GPU_EXIT == 2
+    assert cli_gpu.main(_gpu_bench_args(tmp_path)) == gpu_kernels.NO_GPU_EXIT == 2
     assert "needs compiled triton on a CUDA device: no CUDA device here" in capsys.readouterr().err
     assert not (tmp_path / "gpu.csv").exists()
 
 
 @needs_triton
 def test_gpu_benchmark_rows_and_resume(tmp_path):
-    """The script's bookkeeping, run on tiny sizes with a stand-in timer (the interpreter on CPU)."""
-    from bench import gpu_kernels
+    """The benchmark's bookkeeping, run on tiny sizes with a stand-in timer (the interpreter on CPU)."""
+    from bench.cli.gpu_kernels import KEYS
+    from bench.measure import gpu_kernels
     from bench.results import read_results
 
     calls = []
@@ -530,7 +532,8 @@ def test_gpu_benchmark_rows_and_resume(tmp_path):
         return 1.0, 2.0, 3.0
 
     args = _gpu_bench_args(tmp_path)
-    assert gpu_kernels.run(args, device=DEVICE, device_name="test-device", timer=timer) == 0
+    kw = {k: getattr(args, k) for k in KEYS}
+    assert gpu_kernels.run(**kw, device=DEVICE, device_name="test-device", timer=timer) == args.out
     df = read_results(args.out)
     # one size: copy (ms, gbps) + per op and impl: 2 passes x (ms, gbps, x_copy)
     impls = {op: 3 if "seed" in gpu_kernels.TRAFFIC[op] else 2 for op in gpu_kernels.OPS}
@@ -542,17 +545,19 @@ def test_gpu_benchmark_rows_and_resume(tmp_path):
     x = df[(df.metric == "x_copy") & (df.op == "normal_rsample_kl.fwd_bwd")]
     assert sorted(x.value) == pytest.approx(sorted([10 / 2, 10 / 2, 8 / 2]))  # same ms as the copy: moved / 2
     n_calls = len(calls)
-    assert gpu_kernels.run(args, device=DEVICE, device_name="test-device", timer=timer) == 2  # no overwrite
-    args.resume = True
-    assert gpu_kernels.run(args, device=DEVICE, device_name="test-device", timer=timer) == 0
+    with pytest.raises(FileExistsError, match="exists; pass resume"):  # no overwrite
+        gpu_kernels.run(**kw, device=DEVICE, device_name="test-device", timer=timer)
+    kw["resume"] = True
+    assert gpu_kernels.run(**kw, device=DEVICE, device_name="test-device", timer=timer) == args.out
     assert len(read_results(args.out)) == len(df) and len(calls) == n_calls + 1  # only the copy re-timed
 
 
 def test_gpu_benchmark_argument_errors():
-    from bench import gpu_kernels
+    from bench.cli import gpu_kernels as cli_gpu
+    from bench.measure import gpu_kernels
 
     with pytest.raises(argparse.ArgumentTypeError, match="is not ROWSxCOLS"):
-        gpu_kernels._parse_sizes("256by64")
+        cli_gpu._parse_sizes("256by64")
     with pytest.raises(argparse.ArgumentTypeError, match="--ops: expected"):
-        gpu_kernels._parse_ops("normal_rsample,nope")
+        cli_gpu._parse_ops("normal_rsample,nope")
     assert set(gpu_kernels.TRAFFIC) == set(gpu_kernels.OPS)

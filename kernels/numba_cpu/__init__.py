@@ -52,6 +52,7 @@ __all__ = [
     "normal_noise",
     "normal_rsample",
     "normal_rsample_kl",
+    "preallocated_calls",
     "release_buffers",
 ]
 
@@ -70,14 +71,73 @@ def availability(device: str) -> str | None:
     return None
 
 
-def describe(device: str = "cpu") -> str:
-    """One line for ``elbobench backends``: version, threads, cache location."""
+def describe(device: str = "cpu") -> dict:
+    """The settings that shape this backend's numbers, for ``elbobench backends`` and run manifests.
+
+    Returns:
+        ``{"version", "threads", "threading_layer", "vectors" (the vector width the
+        kernels are compiled for), "stores" (whether large outputs use
+        non-temporal stores), "output_pool", "cache_dir"}``.
+    """
     pool = buffer_pool_info()
-    cap = f"output pool up to {pool['cap_bytes'] >> 20} MiB" if pool["enabled"] else "output pool off"
-    return (
-        f"numba {numba.__version__}, {numba.get_num_threads()} threads, layer {numba.config.THREADING_LAYER}, "
-        f"{_numba_target.describe()}, {_stream.describe()}, {cap}, cache at {CACHE_DIR}"
-    )
+    return {
+        "version": numba.__version__,
+        "threads": numba.get_num_threads(),
+        "threading_layer": numba.config.THREADING_LAYER,
+        "vectors": _numba_target.describe(),
+        "stores": _stream.describe(),
+        "output_pool": f"up to {pool['cap_bytes'] >> 20} MiB" if pool["enabled"] else "off",
+        "cache_dir": str(CACHE_DIR),
+    }
+
+
+def preallocated_calls(op: str, inputs: dict, upstream: list, seed: int | None = None):
+    """``(forward, backward)``: closures running the kernels of ``op`` on outputs allocated once, here.
+
+    For the kernel benchmark, which reports allocation apart (fresh pages for
+    large outputs would dominate at big sizes). The backward computes the
+    gradients a VAE step takes: mu and logvar for the Gaussian ops, x, mu and
+    logvar for ``normal_log_prob``, logits for ``bernoulli_log_prob``.
+
+    Args:
+        op: one of the Gaussian ops or log-probs.
+        inputs: the op's tensors by argument name (``mu``, ``logvar``, ``eps``,
+            ``x``, ``logits``), all of one shape ``[R, D]``.
+        upstream: gradients of the op's outputs, in output order.
+        seed: draw the noise inside the kernels (``eps`` absent).
+    """
+    from . import gaussian as G
+    from . import logprob as L
+
+    mu, lv = inputs.get("mu"), inputs.get("logvar")
+    like = next(iter(inputs.values()))
+    shape, dtype = like.shape, like.dtype
+    full = lambda: torch.empty(shape, dtype=dtype)  # noqa: E731
+    rows_ = lambda: torch.empty(shape[:-1], dtype=dtype)  # noqa: E731
+    if op in ("normal_rsample", "normal_kl_std", "normal_rsample_kl"):
+        eps = inputs.get("eps")
+        want_z = op != "normal_kl_std"
+        want_kl = op != "normal_rsample"
+        z, kl = (full() if want_z else None), (rows_() if want_kl else None)
+        dz = upstream[0] if want_z else None
+        dkl = upstream[-1] if want_kl else None
+        gout = (None if op == "normal_rsample" else full(), full(), None)
+        fwd = lambda: G.forward(mu, lv, eps, seed, want_z, want_kl, z_out=z, kl_out=kl)  # noqa: E731
+        bwd = lambda: G.backward(dz, dkl, mu, lv, eps, seed, op != "normal_rsample", True, False, out=gout)  # noqa: E731
+        return fwd, bwd
+    if op == "normal_log_prob":
+        x = inputs["x"]
+        out, gout = rows_(), (full(), full(), full())
+        fwd = lambda: L.normal_forward(x, mu, lv, out=out)  # noqa: E731
+        bwd = lambda: L.normal_backward(upstream[0], x, mu, lv, True, True, True, out=gout)  # noqa: E731
+        return fwd, bwd
+    if op == "bernoulli_log_prob":
+        x, logits = inputs["x"], inputs["logits"]
+        out, gout = rows_(), (None, full())
+        fwd = lambda: L.bernoulli_forward(x, logits, out=out)  # noqa: E731
+        bwd = lambda: L.bernoulli_backward(upstream[0], x, logits, False, True, out=gout)  # noqa: E731
+        return fwd, bwd
+    raise ValueError(f"preallocated_calls: op must be a Gaussian op or a log-prob, got {op!r}")
 
 
 def normal_noise(shape, seed, device, dtype):

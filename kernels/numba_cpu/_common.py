@@ -34,7 +34,7 @@ def flat(t: torch.Tensor | None) -> np.ndarray | None:
     if not t.is_contiguous():
         t = t.contiguous()
     a = t.numpy()
-    a.shape = (a.size,)  # a view, or an error (never a silent copy); ~3 us cheaper than t.view(-1)
+    a.shape = (a.size,)  # a view, or an error (never a silent copy); cheaper than t.view(-1)
     return a
 
 
@@ -239,8 +239,8 @@ def apply(fn: type[torch.autograd.Function], *args):
     """``fn.apply(*args)`` without its per-call ``inspect.signature``.
 
     ``Function.apply`` binds the arguments to ``fn.forward``'s signature (to fill
-    in defaults) before anything else, which costs tens of us a call, several
-    times a training step. Every call here passes all of ``forward``'s arguments
+    in defaults) before anything else, which costs more than a small kernel,
+    several times a training step. Every call here passes all of ``forward``'s arguments
     positionally, so that binding is the identity; outside ``torch.func``
     transforms this takes the same path as ``Function.apply`` after it
     (``_FunctionBase.apply`` on the unwrapped arguments), and under a transform
@@ -258,8 +258,8 @@ def apply_backward(fn: type[torch.autograd.Function], *args):
     transforms (``grad``, ``vmap(grad(...))``) and double-backward requests see
     their rules. A plain ``loss.backward()`` needs neither: grad mode is off
     inside ``backward`` and no transform is active, so the kernel launcher
-    (``fn.forward``) is called directly, saving a Function node per op (tens
-    of us, which matter at the small batches of VAE training).
+    (``fn.forward``) is called directly, saving a Function node per op, which
+    matters at the small batches of VAE training.
     """
     if not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
         return fn.forward(*args)

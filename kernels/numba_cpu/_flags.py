@@ -3,8 +3,7 @@
 ``FASTMATH`` enables re-association, which is what LLVM needs to vectorize the
 row sums (a float reduction is otherwise strictly sequential), and contraction
 of ``a * b + c`` to FMA, which makes the polynomial ``exp``/``log`` of
-:mod:`._math` about 25% cheaper (measured: 4M float32 exps, 2 threads, 1.43 ms ->
-1.07 ms; fused rsample+KL forward at [4096, 1024] 2.07 -> 1.75 ms). It keeps NaN
+:mod:`._math` markedly cheaper (see ``docs/numba-backend.md``). It keeps NaN
 and inf semantics (no ``nnan``/``ninf``). Contraction rounds once where the
 separate ops rounded twice, so results can differ from an uncontracted build by
 an ulp; the accuracy tests of :mod:`._math` and the contract tests hold either way.
@@ -13,29 +12,23 @@ an ulp; the accuracy tests of :mod:`._math` and the contract tests hold either w
 FASTMATH = {"reassoc", "contract"}
 
 # Below this many elements a kernel runs serially: waking numba's worker threads
-# (tens of us on a busy 2-core machine) costs about what a serial pass over 128k
-# float32 elements with an exp per element does (a bare Function.apply + numba
-# dispatch is ~15 us). It also keeps the [129, 513] contract tests on the serial
+# costs about what a serial pass over 128k float32 elements with an exp per
+# element does. It also keeps the [129, 513] contract tests on the serial
 # kernels, so the suite compiles the parallel variants only where it tests them.
 PARALLEL_MIN_ELEMENTS = 1 << 17
 
 # The Bernoulli kernels cost an exp and a log1p (forward) or an exp and a division
 # (backward) per element, several times the Gaussian ones, so threads pay off
-# sooner. Measured here, the decoder's log-likelihood forward+backward at
-# [128, 784] (100k elements, batch 128 of the default VAE): serial 518 us,
-# parallel 381 us, torch eager 439 us; at [20, 784] (15,680) serial and parallel
-# tie, so the threshold sits just above it.
+# sooner: at [128, 784] (batch 128 of the default VAE) the parallel kernels win,
+# at [20, 784] (15,680 elements) serial and parallel tie, so the threshold sits
+# just above it (docs/numba-backend.md).
 PARALLEL_MIN_ELEMENTS_BERNOULLI = 1 << 14
 
 # Up to this many elements the Bernoulli forward of a plain backward() also writes
 # x - sigmoid(logits), and the backward is one torch multiply (logprob.py,
-# _PlainBernoulliLogProb); above it the backward kernel runs as usual. Measured
-# here (forward+backward through autograd): [128, 784] 330 vs 363 us, [4096, 1024]
-# 10.7 vs 10.3 ms, [16384, 1024] 65 vs 47 ms, where the extra full-size buffer
-# (its page faults) and torch's multiply cost more than they save. Re-measured
-# with the output pool (kernels/numba_cpu/_pool.py; medians of 5 alternating
-# rounds, fused vs kernel): [2048, 1024] 3.16 vs 3.31 ms, [4096, 1024] 6.07 vs
-# 5.73 ms, [16384, 1024] 52.2 vs 23.8 ms: the threshold stays.
+# _PlainBernoulliLogProb); above it the backward kernel runs as usual, because at
+# large sizes the extra full-size buffer and torch's multiply cost more than they
+# save (docs/numba-backend.md, with and without the output pool).
 FUSED_GRAD_MAX_ELEMENTS = 1 << 21
 
 # A broadcast log variance (one row, or a few rows read by many: the toys' and
@@ -43,8 +36,8 @@ FUSED_GRAD_MAX_ELEMENTS = 1 << 21
 # once over its own elements before the kernel runs, when the kernel processes at
 # least PRECOMPUTE_MIN_ELEMENTS elements and PRECOMPUTE_RATIO times as many as the
 # parameter holds; the kernel then reads exp(-logvar) or exp(logvar / 2) like any
-# input instead of evaluating the polynomial per element. Measured here, 4M float32
-# elements in rows of 64 (2 threads): the log-prob row loop 1.51 -> 0.49 ms.
+# input instead of evaluating the polynomial per element, so the op is bound by
+# memory, not by the polynomial (docs/numba-backend.md).
 PRECOMPUTE_MIN_ELEMENTS = 1 << 15
 PRECOMPUTE_RATIO = 4
 
@@ -53,15 +46,13 @@ PRECOMPUTE_RATIO = 4
 # REDUCE_TASKS float64 partial sums (one per task, rows split evenly whatever the
 # thread count, so the result does not depend on it) added at the end, instead of
 # being written at full size and summed by torch afterwards (rows of at least
-# SHORT_ROW). Measured here, toy shapes z [1000, 64, 64]: log q(z) forward+backward
-# 2.3x and rsample + log-prob forward+backward 1.7x faster.
+# SHORT_ROW), which saves a full-size write and read (docs/numba-backend.md).
 REDUCE_TASKS = 8
 
 # Row sums are accumulated in blocks of this many elements in the input dtype
 # (vectorized lanes) and the block sums in float64. A row of at most BLOCK
 # elements is one block, summed by one plain loop: the block loop's slicing costs
-# about as much as 64 elements of work (measured: 4M float32 log-prob terms in
-# rows of 64, 1.05 -> 0.49 ms).
+# about as much as 64 elements of work.
 BLOCK = 256
 
 # Options of every kernel: ``error_model="numpy"`` makes float division by zero

@@ -4,8 +4,8 @@ The public API hands the numba ops inputs expanded to one shape ``[..., D]``:
 log q of z ``[S, B, D]`` under mu ``[B, D]`` gets mu as an expanded view with a
 zero stride, and autograd's upstream gradient of ``z.sum()`` is a single 1
 expanded to the full shape. Making such views contiguous copies ``S`` times the
-data the kernel needs (measured: a third of the many-sample toy variance
-benchmark went to ``Tensor.contiguous``).
+data the kernel needs, a large share of the many-sample variance benchmark's
+time (``docs/numba-backend.md``).
 
 Instead, an input whose last dim is unit-stride is described by a *row layout*
 ``(inner, outer_stride, inner_stride)``: with its leading dims collapsed into at
@@ -15,13 +15,13 @@ array over the tensor's storage. A contiguous input is ``(R, 0, D)``; mu
 ``[B, D]`` broadcast against ``[S, B, D]`` is ``(B, 0, D)``; ``[S, 1, D]`` against
 ``[S, B, D]`` is ``(B, D, 0)``; one row expanded everywhere is ``(1, 0, 0)``.
 Anything else (a transposed last dim, three leading dims that do not collapse)
-is made contiguous as before.
+is made contiguous.
 
 Kernels call :func:`row` once per row; what follows is the same unit-stride
 loop over ``D`` elements as for a contiguous input, so it vectorizes the same.
 Rows can be short (``D = 10`` in the ppca benchmark, 2M rows), so ``r // inner``
-is not an integer division (tens of cycles, three per row, made the ppca
-log-prob kernels slower than copying): the layout carries a magic multiplier and
+is not an integer division (tens of cycles, three per row: more than a short
+row's work): the layout carries a magic multiplier and
 shift with ``r // inner == (r * magic) >> shift`` for every ``r < 2**31``
 (Granlund & Montgomery, "Division by invariant integers using multiplication",
 PLDI 1994, Thm. 4.2: ``shift = 31 + ceil(log2(inner))``,
@@ -169,12 +169,11 @@ def strided(t: torch.Tensor | None, R: int, D: int, shape=None):
 #: digits' ``[100, 16]``), where the Python around a kernel, not the
 #: kernel, is most of an op's time. Those calls run between the training step's
 #: matrix products and optimizer update, which evict the glue's code and data from
-#: the caches: measured here after a 16 MB copy, reading three inputs through
-#: :func:`strided` took 51 us against 7 us for their three ``data_ptr()``, and a
-#: kernel taking seven arrays and three layouts 17 us against 6 us for a kernel
-#: taking ints. It equals PRECOMPUTE_MIN_ELEMENTS, below which (strictly) no launcher
-#: precomputes a broadcast exp or sums a broadcast gradient in the kernel, so the
-#: arrays a small call reads are the inputs' own (or the copies :func:`strided` makes).
+#: the caches, and there building numpy views and passing arrays and layouts costs
+#: several times more than passing integers (``docs/numba-backend.md``). It equals
+#: PRECOMPUTE_MIN_ELEMENTS, below which (strictly) no launcher precomputes a
+#: broadcast exp or sums a broadcast gradient in the kernel, so the arrays a small
+#: call reads are the inputs' own (or the copies :func:`strided` makes).
 SMALL_MAX_ELEMENTS = PRECOMPUTE_MIN_ELEMENTS
 
 #: One empty array per dtype: the kernels' ``w`` argument, whose dtype the views take.
@@ -337,9 +336,8 @@ def _contiguous(R: int, D: int) -> tuple[int, int, int, int, int]:
 
 #: Elements per task of the parallel row kernels: a task is a run of whole rows
 #: handed to one call of the kernel's rows function. One call per row cost more
-#: than the row's work at short rows (the call passes every array and layout:
-#: measured, 8.3M float32 log-prob terms in rows of 10, 12.3 ms with a call per row
-#: against 4.3 ms with a call per 256 rows; rows of 64: 2.5 against 1.7 ms).
+#: than the row's work at short rows (the call passes every array and layout;
+#: ``docs/numba-backend.md``).
 TASK_ELEMENTS = 4096
 
 
@@ -471,7 +469,7 @@ def chunk_tiled(lay, R: int, D: int, *arrays):
 @njit(inline="always", **JIT_OPTIONS)
 def _copy(dst, src):
     # An element loop (vectorized), not slice assignment: numba's array setitem
-    # checks for overlap and may copy through a temporary, ~0.5 us a call.
+    # checks for overlap and may copy through a temporary, a cost on every call.
     for t in range(dst.shape[0]):
         dst[t] = src[t]
 
@@ -557,11 +555,9 @@ def _scratch_impl(like, n):
 # rows of D < SHORT_ROW elements is one dependent add (or store) chain per row
 # whose inner loop is too short for the vectorizer: each element costs an add's
 # latency, not its throughput. Eight rows at a time, each with its own scalar
-# accumulator (or value), keep eight independent chains in flight. Measured here,
-# one thread, 8.3M float32 terms: row sums at D = 3 / 10 / 20 took 14.2 / 11.0 /
-# 9.3 ms plain and 3.0 / 1.8 / 1.3 ms by eights; spreading a row value over its
-# elements 8.9 / 6.0 / 5.4 ms plain and 3.6 / 3.2 / 0.7 ms by eights. Each row is
-# still summed in order j = 0 .. D - 1, in the input dtype.
+# accumulator (or value), keep eight independent chains in flight, several times
+# faster at D = 3 to 20 (docs/numba-backend.md). Each row is still summed in order
+# j = 0 .. D - 1, in the input dtype.
 
 
 @njit(inline="always", **JIT_OPTIONS)

@@ -1,8 +1,8 @@
 """Vectorizable float32/float64 ``exp``, ``log``, ``log1p``, ``cos(2 pi u)``, softplus and sigmoid for numba.
 
 Pip's llvmlite ships without SVML, so ``np.exp``/``np.log1p`` inside a numba loop
-become scalar libm calls and the loop does not vectorize (see ``DESIGN.md``: a
-fused rsample+KL took 4.1 ms with ``np.exp`` against 1.0 ms with a polynomial).
+become scalar libm calls and the loop does not vectorize (see
+``docs/numba-backend.md``: a polynomial is several times faster).
 The functions here are branch-free range reduction + polynomial, written so that
 LLVM turns every branch into a select and the whole loop into AVX2 code.
 
@@ -23,10 +23,9 @@ Algorithms (classic formulas; constants from the Cephes library, S. L. Moshier,
     ulp; Cephes' ``expf`` uses degree 7. ``2^n`` is applied by adding ``n`` to the
     exponent bits of ``exp(r)`` (in ``[0.70, 1.42]``, so the result stays normal
     within the clamp below), one integer add instead of building ``2^n`` and
-    multiplying. Together with the rounding, 18% fewer cycles per exp here
-    (0.53 -> 0.43 ns per element, one thread) at the same accuracy (at most
-    0.99 ulp over ``[-87, 88]``, both versions); the fused kernels' cells of
-    ``scripts/kernel_scaling.py`` got 1.07x faster at the median.
+    multiplying. Together with the rounding, fewer cycles per exp than the
+    degree-7 version at the same accuracy (at most 0.99 ulp over
+    ``[-87, 88]``; ``docs/measurements/cheaper-exp-amd-epyc.md``).
   * float64: the Pade form ``1 + 2 r P(r^2) / (Q(r^2) - r P(r^2))`` (Cephes
     ``exp``), scaled by ``2^n`` built directly in the exponent bits.
 
@@ -152,7 +151,7 @@ def seg(a, lo, hi):  # pragma: no cover - replaced by the overload inside numba
     Kernels index row segments from 0 (``seg(x, lo, hi)[j]``) rather than a flat
     array at ``lo + j``: numba wraps negative indices, and with an offset index
     LLVM cannot prove ``lo + j >= 0``, so the wrap-around select turns every load
-    into a gather (measured 4x slower); a slice indexed by ``range(n)`` is plainly
+    into a gather (several times slower); a slice indexed by ``range(n)`` is plainly
     non-negative and vectorizes.
     """
     return None if a is None else a[lo:hi]

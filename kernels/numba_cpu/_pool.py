@@ -9,11 +9,9 @@ of the heap is returned to the kernel once more than ``M_TRIM_THRESHOLD``
 allocates the same outputs again page-faults them back in and the kernel
 zero-fills them: ``strace`` of ``normal_log_prob`` forward+backward at
 [256, 1024] shows the heap grown by two 1 MiB ``brk`` calls and trimmed by 2 MiB
-again on every step. Handing a freed buffer out again skips all of it. Measured
-here (2-core EPYC, float32, forward+backward through autograd, medians of 4
-alternating rounds): ``normal_log_prob`` [256, 1024] 1.46 -> 0.59 ms,
-[4096, 1024] 12.7 -> 7.8 ms, [16384, 1024] 39.1 -> 25.0 ms;
-``normal_rsample_kl`` [16384, 1024] 41.2 -> 27.1 ms.
+again on every step. Handing a freed buffer out again skips all of it, which
+makes large forward+backward calls markedly faster (see
+``docs/measurements/output-pool-amd-epyc.md``).
 
 When a buffer is free. ``torch.from_numpy`` keeps a reference to the array for
 the lifetime of the tensor's storage, which every view shares (torch docs:

@@ -29,19 +29,13 @@ backward (:mod:`.logprob`; up to three outputs a task, one staging buffer
 each). The gradient of a broadcast input, summed in the kernel, is added to, not
 streamed. Row sums (KL, log densities) are ``[R]``: too small to matter.
 
-Measured on a 2-core Intel Xeon (Emerald Rapids, KVM) with
-``scripts/stream_stores.py`` (both variants in balanced rounds in one process,
-each on its own three input sets in turn, so inputs come from DRAM; 30 rounds,
-medians, float32, eps given, preallocated outputs), time streaming / plain at
-[2048, 1024], [4096, 1024], [16384, 1024]: rsample+KL forward 0.93, 0.86, 0.88
-(4096: 5.34 -> 4.58 ms); its backward (d mu, d logvar) 0.80, 0.82, 0.81 (4096:
-5.12 -> 4.20 ms); the log density's backward (d x, d mu, d logvar) 0.67, 0.67,
-0.74 (4096: 7.94 -> 5.35 ms).
-On an AMD EPYC (Zen 3) a first try (its code was not kept) measured
-0.65-0.97x; this version has not been measured there.
+``scripts/stream_stores.py`` times both variants in balanced rounds in one
+process, on inputs read from DRAM. On an Intel host streaming was faster for
+every op and size from [2048, 1024] up; on AMD it has not been shown to pay
+(``docs/numba-backend.md``, ``docs/measurements/stream-stores-intel-xeon.md``).
 
 ``ELBOBENCH_NUMBA_STREAM_STORES``: ``auto`` (default: on for x86-64 Intel CPUs,
-where it was measured; off elsewhere), ``on`` (any x86-64 CPU) or ``off``. The
+where it was measured to pay; off elsewhere), ``on`` (any x86-64 CPU) or ``off``. The
 setting is read when :mod:`kernels` is imported; a value it does not know is
 reported with a warning and treated as ``auto``. Non-x86 hosts never stream
 (``sfence`` is an x86 instruction).
@@ -65,9 +59,9 @@ ENV = "ELBOBENCH_NUMBA_STREAM_STORES"
 CHOICES = ("auto", "on", "off")
 
 #: Outputs of at least this many bytes are written with non-temporal stores.
-#: Above the 2 MiB L2 of one core here, and at 8 MiB more than either core's
-#: L2 and a fair share of a shared L3 could keep for the next op anyway;
-#: at [2048, 1024] float32 (8 MiB) streaming takes 0.67-0.93 of the plain time, cold (module doc).
+#: 8 MiB is more than a core's L2 and a fair share of a shared L3 could keep for
+#: the next op anyway; from this size up streaming was faster on cold inputs
+#: (module doc).
 STREAM_MIN_BYTES = 8 << 20
 
 #: Elements per task when streaming (whole rows; :func:`stream_buffers`).

@@ -603,8 +603,7 @@ class _PlainRsampleKL(torch.autograd.Function):
     """The op for a plain ``backward()`` (no ``torch.func`` transform active): legacy-style, lean.
 
     At the small batches of VAE training the Python around a kernel, not the
-    kernel, is most of an op's time (measured: ~70 us of glue around a 14 us
-    backward kernel at [20, 50]). This Function keeps the forward's input arrays
+    kernel, is most of an op's time (``docs/numba-backend.md``). This Function keeps the forward's input arrays
     and layouts (:func:`prepare`) for its backward instead of rebuilding them, and
     calls the backward launcher directly. Under a transform, or for a second
     derivative (``create_graph=True``), the transform-aware Functions above run.

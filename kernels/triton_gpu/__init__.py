@@ -117,7 +117,7 @@ def mode() -> Mode:
 
 
 # The contract tests use small shapes when the kernels run in the interpreter
-# (~1000x slower than compiled code).
+# (orders of magnitude slower than compiled code).
 TEST_SHAPES_SMALL: bool = _env_mode().interpret
 
 
@@ -144,12 +144,18 @@ def availability(device: str) -> str | None:
     return f"triton runs on 'cuda' (compiled) or 'cpu' (interpreter) tensors, not {device!r}"
 
 
-def describe(device: str) -> str:
-    """How triton runs on ``device``: compiled on a named GPU, or the interpreter."""
+def describe(device: str) -> dict:
+    """How triton runs on ``device``: ``{"version", "mode"}``, mode compiled on a named GPU or the interpreter."""
+    try:
+        import triton
+
+        version = triton.__version__
+    except ImportError:  # pragma: no cover
+        version = "not installed"
     if mode().interpret:
-        return "interpreter (TRITON_INTERPRET=1)"
+        return {"version": version, "mode": "interpreter (TRITON_INTERPRET=1)"}
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no device"
-    return f"compiled (CUDA, {name})"
+    return {"version": version, "mode": f"compiled (CUDA, {name})"}
 
 
 def _freeze() -> Mode:

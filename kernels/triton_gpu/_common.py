@@ -113,7 +113,7 @@ def philox_randn(seed, offs):
 
     The steps of triton 3.x ``language/random.py`` (key = the two 32-bit halves of
     ``seed``, counter = ``(offs_lo, offs_hi, 0, 0)``, ten Philox rounds, Box-Muller on
-    the first two words; see ``REFERENCE.md`` and :mod:`kernels.philox`), written out
+    the first two words; see :mod:`kernels.philox`), written out
     here because ``tl.randn`` is itself a ``@triton.jit`` function decorated when
     triton is first imported: if anything imported triton before ``TRITON_INTERPRET``
     was set (``torch.compile`` does, even on CPU), the interpreter cannot call it.

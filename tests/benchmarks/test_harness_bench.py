@@ -1,12 +1,12 @@
 """Harness benchmarks (``pytest --benchmark``): variance, convergence, training throughput, the classic VAE.
 
 Timings and figures go into pytest-benchmark's ``extra_info`` (so they land in
-``--benchmark-json``). Speed targets of issue 5 are recorded as ratios with a
+``--benchmark-json``). Speed targets are recorded as ratios with a
 ``*_target_met`` flag next to them, not asserted: a loaded machine must not turn
 a timing into a failure. Correctness side-conditions (identical curves across
 backends, the classic VAE's ELBO) are asserted.
 
-Targets (issue 5), measured on whatever machine runs this:
+Targets, measured on whatever machine runs this:
 
 * numba training throughput >= 1.0x torch eager on the default VAE on ``mnist5k``
   at batch 20, 128 and 1024, identical curves; kernel share of a step per backend;
@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import kernels
-from bench import datasets
-from bench import speed as S
-from bench import train as T
-from bench import variance as V
+from bench.measure import speed as S
+from bench.measure import train as T
+from bench.measure import variance as V
+from bench.measure.timing import quantile, time_round_robin
+from bench.problems import datasets
 
 pytestmark = pytest.mark.benchmark
 
@@ -86,7 +87,7 @@ def test_convergence_short(benchmark):
 def test_training_throughput_numba_vs_torch(benchmark, batch_size):
     """Examples per second, numba over torch eager, from two trainings run in lockstep.
 
-    :func:`bench.train.lockstep_throughput` trains the torch and the numba run
+    :func:`bench.measure.train.lockstep_throughput` trains the torch and the numba run
     side by side, one step of each in turn (the order rotating), and times every
     step, so a burst of load on this shared machine hits both. The ratio is of
     median step times (``numba_over_torch``; the mean-based ratio is recorded
@@ -113,7 +114,7 @@ def test_training_throughput_numba_vs_torch(benchmark, batch_size):
         }
     )
     # kernel share of a step, per backend
-    from bench import models
+    from bench.problems import models
 
     est = T.make_estimator("reparam")
     x = data.train[:batch_size]
@@ -151,28 +152,28 @@ def test_many_sample_variance_numba_vs_torch(benchmark, problem):
     def run():
         for grid in grids.values():
             V.variance_benchmark(grid)  # warm-up: every estimator's kernels compiled outside the timed runs
-        for i in range(VARIANCE_ROUNDS):
-            for backend in ("torch", "numba") if i % 2 == 0 else ("numba", "torch"):
-                t0 = time.perf_counter()
-                df = V.variance_benchmark(grids[backend])
-                times[backend].append(time.perf_counter() - t0)
-                benchmark.extra_info[f"total_variance_reparam_{backend}"] = float(
-                    df[(df.metric == "total_variance") & (df.estimator == "reparam")].value.iloc[0]
-                )
+
+        def one(backend):
+            df = V.variance_benchmark(grids[backend])
+            benchmark.extra_info[f"total_variance_reparam_{backend}"] = float(
+                df[(df.metric == "total_variance") & (df.estimator == "reparam")].value.iloc[0]
+            )
+
+        fns = {b: (lambda b=b: one(b)) for b in ("torch", "numba")}
+        times.update(time_round_robin(fns, repeats=VARIANCE_ROUNDS, warmup=0))  # alternating A/B rounds
         return times
 
     _once(benchmark, run)
     ratios = sorted(t / n for t, n in zip(times["torch"], times["numba"], strict=True))
-    ratio = ratios[len(ratios) // 2]
+    ratio = quantile(ratios, 0.5)
     benchmark.extra_info.update(
         {
-            "seconds_torch": sorted(times["torch"])[VARIANCE_ROUNDS // 2],
-            "seconds_numba": sorted(times["numba"])[VARIANCE_ROUNDS // 2],
+            "seconds_torch": quantile(times["torch"], 0.5),
+            "seconds_numba": quantile(times["numba"], 0.5),
             "numba_speedup": ratio,
             "numba_speedup_rounds": ratios,
             # the ratio of the median times, next to the median of the per-round ratios
-            "numba_speedup_of_medians": sorted(times["torch"])[VARIANCE_ROUNDS // 2]
-            / sorted(times["numba"])[VARIANCE_ROUNDS // 2],
+            "numba_speedup_of_medians": quantile(times["torch"], 0.5) / quantile(times["numba"], 0.5),
             "numba_speedup_target_met": ratio >= 2.0,
         }
     )
@@ -276,10 +277,10 @@ def test_classic_vae_suite_vs_plain_pytorch(benchmark):
 
     _once(benchmark, run)
     for who, v in speeds.items():
-        res[f"{who}_examples_per_s"] = sorted(v)[ROUNDS // 2]
+        res[f"{who}_examples_per_s"] = quantile(v, 0.5)
     for b in backends:
         ratios = sorted(s / p for s, p in zip(speeds[b], speeds["plain"], strict=True))
-        res[f"speed_ratio_{b}"] = ratios[ROUNDS // 2]
+        res[f"speed_ratio_{b}"] = quantile(ratios, 0.5)
         res[f"speed_ratio_{b}_rounds"] = ratios
     gap = res[f"{auto}_test_neg_elbo"] - res["plain_test_neg_elbo"]
     benchmark.extra_info.update(res)

@@ -11,7 +11,7 @@ fraction of it reached, and the ratios ``torch_compile_ms / ms`` and
 ``torch_ms / ms`` against the baselines measured in the same session (measured
 on the spot, with fewer rounds, when a ``-k`` selection skipped them). In-kernel
 noise (``normal_noise`` and fused ``normal_rsample_kl`` with ``eps=None``)
-reports ``ns_per_element``. Byte model and timing rules: :mod:`bench.kernel_speed`.
+reports ``ns_per_element``. Byte model and timing rules: :mod:`bench.measure.kernel_speed`.
 
 Example::
 
@@ -20,15 +20,13 @@ Example::
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import numba
 import pytest
 import torch
 
 import kernels
-from bench import kernel_speed as ks
+from bench.measure import kernel_speed as ks
+from bench.measure.timing import quantile, time_call
 
 pytestmark = pytest.mark.benchmark
 
@@ -50,13 +48,7 @@ def _rounds(size) -> int:
 
 
 def _median_time(fn, rounds: int) -> float:
-    fn()
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    return quantile(time_call(fn, repeats=rounds, warmup=1), 0.5)
 
 
 def _copy_gbps(size) -> float:

@@ -1,0 +1,7 @@
+"""``python -m bench.cli``: the ``elbobench`` command."""
+
+import sys
+
+from bench.cli import main
+
+sys.exit(main())

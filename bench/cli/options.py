@@ -1,0 +1,292 @@
+"""Shared command-line options of ``elbobench variance|speed|train|run`` and their validation.
+
+Every list option is comma-separated. :func:`validate` checks all of them before
+any work starts and raises :class:`OptionError` naming the option, what it got and
+what it expects; the subcommands print that message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+__all__ = [
+    "control_variate_names",
+    "OptionError",
+    "add_common",
+    "default_out",
+    "estimator_names",
+    "fail",
+    "parse_floats",
+    "parse_ints",
+    "parse_list",
+    "validate_backends",
+    "validate_control_variates",
+    "validate_datasets",
+    "validate_estimators",
+]
+
+
+class OptionError(ValueError):
+    """A bad command-line option; the message names it, what it got and what it expects."""
+
+
+def fail(prog: str, exc: Exception) -> int:
+    """Print ``prog: error: message`` to stderr and return the exit status 2."""
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def parse_list(text: str | None, option: str) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]`` (duplicates dropped, order kept)."""
+    if text is None:
+        return []
+    items = [t.strip() for t in str(text).split(",")]
+    if any(not t for t in items):
+        raise OptionError(f"{option}: empty item in {text!r}; expected a comma-separated list like 'a,b'")
+    return list(dict.fromkeys(items))
+
+
+def parse_sizes(text: str | None, option: str) -> list[tuple[int, int]]:
+    """``"256x64,4096x1024"`` -> ``[(256, 64), (4096, 1024)]``: ROWSxCOLS pairs of positive ints."""
+    out = []
+    for item in parse_list(text, option):
+        try:
+            r, c = (int(v) for v in item.lower().split("x"))
+        except ValueError:
+            raise OptionError(f"{option}: {item!r} is not ROWSxCOLS (e.g. 4096x1024)") from None
+        if r < 1 or c < 1:
+            raise OptionError(f"{option}: got {item!r}; expected positive sizes")
+        out.append((r, c))
+    return list(dict.fromkeys(out))
+
+
+def parse_ints(text: str | None, option: str, *, minimum: int = 1) -> list[int]:
+    """Comma-separated ints (``"0,1,2"``; ranges ``"0-4"`` allowed), each ``>= minimum``."""
+    out: list[int] = []
+    for item in parse_list(text, option):
+        try:
+            if "-" in item[1:]:
+                lo, hi = item.split("-", 1) if not item.startswith("-") else (item, item)
+                vals = list(range(int(lo), int(hi) + 1))
+                if not vals:
+                    raise ValueError
+            else:
+                vals = [int(item)]
+        except ValueError:
+            raise OptionError(f"{option}: {item!r} is not an integer (or range a-b) in {text!r}") from None
+        for v in vals:
+            if v < minimum:
+                raise OptionError(f"{option}: got {v}; expected integers >= {minimum}")
+        out.extend(vals)
+    return list(dict.fromkeys(out))
+
+
+def parse_floats(text: str | None, option: str) -> list[float]:
+    out = []
+    for item in parse_list(text, option):
+        try:
+            v = float(item)
+        except ValueError:
+            raise OptionError(f"{option}: {item!r} is not a number in {text!r}") from None
+        if not math.isfinite(v):
+            raise OptionError(f"{option}: got {item!r}; expected finite numbers")
+        out.append(v)
+    return out
+
+
+def positive_int(value: str) -> int:
+    """argparse ``type=`` for counts: a clear error for zero, negatives and non-numbers."""
+    try:
+        v = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def positive_float(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return v
+
+
+# --------------------------------------------------------------------------- registries
+def estimator_names() -> list[str]:
+    """Names in the estimator registry (empty when the estimators package is missing)."""
+    try:
+        import estimators
+    except ModuleNotFoundError as exc:
+        if exc.name != "estimators":
+            raise
+        return []
+    available = getattr(estimators, "available", None)
+    if not callable(available):
+        raise OptionError(
+            f"the estimators package at {list(getattr(estimators, '__path__', []))} has no available(); "
+            "if it was installed before estimators/__init__.py existed, reinstall it: pip install -e ."
+        )
+    return list(available())
+
+
+def control_variate_names() -> list[str]:
+    """Registered control variates of the score-function estimator (``"none"`` first)."""
+    from estimators import control_variates
+
+    return control_variates.names()
+
+
+def validate_estimators(names: list[str], option: str = "--estimators") -> list[str]:
+    known = estimator_names()
+    if not known:
+        raise OptionError(f"{option}: the estimators package is not available (no estimators.available())")
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise OptionError(f"{option}: unknown estimator {bad[0]!r}; expected some of {known}")
+    if not names:
+        raise OptionError(f"{option}: expected at least one of {known}")
+    return names
+
+
+def validate_control_variates(names: list[str], option: str = "--control-variates") -> list[str]:
+    known = control_variate_names()
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise OptionError(f"{option}: unknown control variate {bad[0]!r}; expected some of {known}")
+    return names
+
+
+def validate_backends(names: list[str], option: str = "--backends", device: str = "cpu") -> list[str]:
+    import kernels
+    from kernels import registry
+
+    known = registry.names()
+    for n in names:
+        if n not in known:
+            raise OptionError(f"{option}: unknown backend {n!r}; expected some of {known}")
+        reason = registry.unavailable_reason(n, device)
+        if reason is not None:
+            raise OptionError(f"{option}: backend {n!r} cannot run on {device}: {reason}")
+    if not names:
+        raise OptionError(f"{option}: expected at least one of {kernels.available_backends(device)}")
+    return names
+
+
+def validate_datasets(names: list[str], option: str = "--dataset") -> list[str]:
+    from bench.problems import datasets
+
+    known = datasets.available()
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise OptionError(f"{option}: unknown dataset {bad[0]!r}; expected one of {known}")
+    return names
+
+
+def validate_model(name: str, option: str = "--model") -> str:
+    from bench.problems import models
+
+    if name not in models.available():
+        raise OptionError(f"{option}: unknown model {name!r}; expected one of {models.available()}")
+    return name
+
+
+def default_backends() -> str:
+    """``numba,torch`` where numba runs, else ``torch``."""
+    from kernels import registry
+
+    try:
+        ok = registry.unavailable_reason("numba", "cpu") is None
+    except ValueError:
+        ok = False
+    return "numba,torch" if ok else "torch"
+
+
+def default_out() -> Path:
+    """``reports/<UTC timestamp>-<short git hash>/``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    try:
+        short = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        short = ""
+    return Path("reports") / (f"{stamp}-{short}" if short else stamp)
+
+
+# --------------------------------------------------------------------------- argparse
+def add_common(parser: argparse.ArgumentParser, *, datasets_default: str = "digits") -> None:
+    """The options every benchmark subcommand shares."""
+    g = parser.add_argument_group("common options")
+    g.add_argument("--dataset", default=datasets_default, help="comma-separated datasets (default %(default)s)")
+    g.add_argument("--estimators", default=None, help="comma-separated estimator names (default: a per-command set)")
+    g.add_argument(
+        "--control-variates",
+        default=None,
+        help=f"comma-separated control variates of score_function, from {','.join(control_variate_names())}",
+    )
+    g.add_argument("--backends", default=None, help="comma-separated kernel backends (default numba,torch)")
+    g.add_argument("--model", default="default", help="a registered model (default: the dataset's default)")
+    g.add_argument("--seeds", default="0", help="comma-separated seeds or ranges, e.g. 0,1,2 or 0-4 (default 0)")
+    g.add_argument("--steps", type=positive_int, default=None, help="training steps (per configuration)")
+    g.add_argument("--out", default=None, help="run directory (default reports/<UTC timestamp>-<git hash>/)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished configurations")
+    g.add_argument("--quick", action="store_true", help="the small preset of the README's main job")
+    g.add_argument("--data-dir", default=None, help="directory of IDX files for fashion-mnist (or MNIST)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def resolve_common(args: argparse.Namespace, *, default_estimators: str, need_out: bool = True) -> dict:
+    """Validate the shared options; return them parsed (lists, out path)."""
+    out = {
+        "datasets": validate_datasets(parse_list(args.dataset, "--dataset")),
+        "estimators": validate_estimators(parse_list(args.estimators or default_estimators, "--estimators")),
+        "control_variates": validate_control_variates(
+            parse_list(args.control_variates or "none,leave_one_out", "--control-variates")
+        ),
+        "backends": validate_backends(parse_list(args.backends or default_backends(), "--backends")),
+        "seeds": parse_ints(args.seeds, "--seeds", minimum=0),
+        "model": validate_model(getattr(args, "model", "default")),
+    }
+    if args.resume and not args.out:
+        raise OptionError("--resume needs --out DIR: the run directory to continue")
+    if args.out:
+        p = Path(args.out)
+        if p.exists() and not p.is_dir():
+            raise OptionError(f"--out: {str(p)!r} exists and is not a directory")
+        if args.resume and not p.is_dir():
+            raise OptionError(f"--resume: no run directory at {str(p)!r} to continue")
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir:
+        if not Path(data_dir).is_dir():
+            raise OptionError(f"--data-dir: {data_dir!r} is not a directory")
+        import os
+
+        from bench.problems.datasets import DATA_DIR_ENV
+
+        os.environ[DATA_DIR_ENV] = str(Path(data_dir).resolve())  # read by the IDX loader; lands in the manifest
+    out["out"] = Path(args.out) if args.out else (default_out() if need_out else None)
+    return out
+
+
+def add_series_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """``--runs``, ``--repeats``, ``--out``, ``--resume``/``--evaluate`` of a script that repeats one measurement.
+
+    See :func:`bench.results.run_series`, which takes what they parse.
+    """
+    parser.add_argument("--runs", type=positive_int, default=3, help="how many runs (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=15, help="timed calls per cell and run (default 15)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(default_out), help=f"directory of the run CSVs (default {default_out})"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="keep the runs already in --out, run the rest")
+    mode.add_argument("--evaluate", action="store_true", help="run nothing: evaluate the runs already in --out")

@@ -1,0 +1,1 @@
+"""Measurements: gradient variance, throughput, kernel speed and scaling, training convergence."""

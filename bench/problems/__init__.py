@@ -1,0 +1,1 @@
+"""Problems: datasets, models and the exact-truth problems the benchmarks run on."""

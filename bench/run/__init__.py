@@ -1,0 +1,1 @@
+"""Running the whole suite: the plan of ``elbobench run`` and its parts."""
