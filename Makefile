@@ -6,7 +6,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint chromium
+# Tests run on every core (pytest-xdist): most of a cold run is numba compiling
+# kernels, one function at a time per process.
+XDIST := -n auto
+
+.PHONY: setup run test test-all bench lint chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +31,11 @@ run: setup
 	$(BIN)/elbobench run --quick
 
 test: setup chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(XDIST)
+
+# also the exhaustive sweeps marked `slow`
+test-all: setup chromium
+	$(BIN)/python -m pytest -q $(XDIST) --slow
 
 bench: setup
 	$(BIN)/python -m pytest --benchmark -q
