@@ -217,6 +217,19 @@ class Estimator:
         """Trainable parameters the estimator owns (a learned baseline's); updated by the estimator itself."""
         return []
 
+    def state_dict(self) -> dict:
+        """The state training changes (a control variate's), as tensors and plain types.
+
+        What a checkpoint stores: ``torch.load(..., weights_only=True)`` reads it
+        back, so loading a checkpoint never runs code.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{self.label} has no state, got keys {sorted(state)}")
+
     def noise_shape(self, num_samples: int, mu_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of the standard-normal noise one estimate consumes: ``(S, *mu_shape)`` by default."""
         return (int(num_samples), *mu_shape)

@@ -91,6 +91,15 @@ class ControlVariate:
     def parameters(self) -> list[nn.Parameter]:
         return []
 
+    def state_dict(self) -> dict:
+        """The state :meth:`update` changes, as tensors and plain types (``torch.load(weights_only=True)`` reads it)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"control variate {self.name!r} has no state, got keys {sorted(state)}")
+
     def extra_evaluations(self, num_samples: int, dim: int) -> int:
         return self.extra_factor * num_samples
 
@@ -141,6 +150,12 @@ class MovingAverage(ControlVariate):
     def update(self, *, fz, context) -> None:
         self.average = self.decay * self.average + (1.0 - self.decay) * float(fz.mean())
         self.steps += 1
+
+    def state_dict(self) -> dict:
+        return {"average": float(self.average), "steps": int(self.steps)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.average, self.steps = float(state["average"]), int(state["steps"])
 
 
 class LeaveOneOut(ControlVariate):
@@ -290,15 +305,18 @@ class Learned(ControlVariate):
     def options(self) -> dict:
         return {"baseline_hidden": self.hidden, "baseline_lr": self.lr}
 
+    def _make(self, in_features: int, dtype, device) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            net = nn.Sequential(nn.Linear(in_features, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1))
+            nn.init.zeros_(net[-1].weight)
+            nn.init.zeros_(net[-1].bias)
+        self.net = net.to(dtype=dtype, device=device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+
     def _build(self, x: torch.Tensor) -> nn.Module:
         if self.net is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                net = nn.Sequential(nn.Linear(x.shape[-1], self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1))
-                nn.init.zeros_(net[-1].weight)
-                nn.init.zeros_(net[-1].bias)
-            self.net = net.to(dtype=x.dtype, device=x.device)
-            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+            self._make(x.shape[-1], x.dtype, x.device)
         elif self.net[0].in_features != x.shape[-1]:
             raise ValueError(f"learned baseline was built for x of dim {self.net[0].in_features}, got {x.shape[-1]}")
         return self.net
@@ -324,6 +342,24 @@ class Learned(ControlVariate):
 
     def parameters(self) -> list[nn.Parameter]:
         return [] if self.net is None else list(self.net.parameters())
+
+    def state_dict(self) -> dict:
+        if self.net is None:
+            return {}
+        return {
+            "in_features": int(self.net[0].in_features),
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            self.net = self.optimizer = None
+            return
+        weight = state["net"]["0.weight"]
+        self._make(int(state["in_features"]), weight.dtype, weight.device)
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 #: name -> factory, in registration order (the CLI's and results' ``"none"`` is the key None).

@@ -86,6 +86,12 @@ class ScoreFunction(Estimator):
     def stateful(self) -> bool:
         return self.cv.stateful
 
+    def state_dict(self) -> dict:
+        return {"control_variate": self.cv.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cv.load_state_dict(state.get("control_variate", {}))
+
     def parameters(self):
         return self.cv.parameters()
 

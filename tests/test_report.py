@@ -282,7 +282,7 @@ def test_unknown_schema_version(tmp_path, capsys):
     df = pd.read_csv(run / "results.csv")
     df.assign(schema_version=99).to_csv(run / "results.csv", index=False)
     rc, err = _report_cli(capsys, run)
-    assert rc == 2 and "schema_version [99]" in err and "version 1" in err
+    assert rc == 2 and "schema_version [99]" in err and "versions [1, 2]" in err
 
 
 def test_bad_options(tmp_path, capsys):

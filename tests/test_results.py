@@ -4,6 +4,7 @@ import csv
 import json
 import math
 
+import pandas as pd
 import pytest
 
 from bench import results
@@ -85,3 +86,25 @@ def test_manifest_records_machine_and_keeps_history(tmp_path, monkeypatch):
     assert data["extra"] == {"note": "x"}
     Manifest.collect().write(tmp_path)
     assert len(results.read_manifest(tmp_path)["history"]) == 1
+
+
+def test_a_version_1_file_reads_and_resumes_in_its_own_columns(tmp_path):
+    """Results written before the ``host`` column: read with host "", appended in their own layout."""
+    w = ResultsWriter(tmp_path)
+    w.append([_row({"seed": 1})])
+    path = tmp_path / results.RESULTS_FILE
+    old = pd.read_csv(path).drop(columns=["host"]).assign(schema_version=1)
+    old.to_csv(path, index=False)
+    w = ResultsWriter(tmp_path, resume=True)
+    assert w.is_done({"seed": 1})
+    w.append([_row({"seed": 2})])
+    header = path.read_text().splitlines()[0].split(",")
+    assert "host" not in header and len(pd.read_csv(path)) == 2
+    df = read_results(tmp_path)
+    assert list(df["host"]) == ["", ""] and list(df.columns) == results.FIELDS
+
+
+def test_rows_name_the_host():
+    import socket
+
+    assert _row({"seed": 3}).host == socket.gethostname()

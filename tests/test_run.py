@@ -21,4 +21,4 @@ def test_run_writes_all_benchmarks_and_a_report(tmp_path, capsys):
     planned = {p["config_hash"] for p in manifest["extra"]["planned_configs"]}
     assert planned <= set(df["config_hash"])  # nothing planned is missing from a finished run
     captured = capsys.readouterr()
-    assert "== convergence ==" in captured.out and "train done" in captured.err  # the summary, the progress
+    assert "== convergence ==" in captured.out and "statistical tasks" in captured.err  # the summary, the progress

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from bench import plugins
+from bench.cli.options import RESUME_FREE, OptionError
 
 # name -> (module, one-line help). Modules are imported lazily.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -77,9 +79,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--plugin", action="append", default=[])
+    pre.add_argument("--resume", action="store_true")
+    pre.add_argument("--out", default=None)
+    known = pre.parse_known_args(argv[1:])[0]
     try:
-        for spec in pre.parse_known_args(argv[1:])[0].plugin:
+        for spec in known.plugin:
             plugins.load(spec)
+        if known.resume and known.out:  # the run's own plugins, as its manifest records them
+            from bench.results.manifest import read_manifest
+
+            for spec in read_manifest(known.out).get("plugins", []):
+                plugins.load(spec, source=f"the plugins of {known.out}/manifest.json")
     except plugins.PluginError as exc:
         print(f"elbobench {name}: error: {exc}", file=sys.stderr)
         return 2
@@ -88,22 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"elbobench {name}: not available ({exc})", file=sys.stderr)
         return 2
-    sub = argparse.ArgumentParser(
-        prog=f"elbobench {name}",
-        description=(module.__doc__ or help_).strip().split("\n\n")[0],
-        epilog=getattr(module, "EXAMPLES", None),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE",
-        help="import MODULE first (a dotted module on sys.path, working directory first, or a .py path); "
-        "repeatable. Plugins register estimators, control variates, models, datasets or kernel backends",
-    )
-    module.add_arguments(sub)
+    sub = _subparser(name, module, help_)
     args = sub.parse_args(argv[1:])
+    args._command = name
+    try:
+        args = _resume_from_manifest(name, module, help_, args, argv[1:])
+    except OptionError as exc:
+        print(f"elbobench {name}: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(module.main(args) or 0)
     except KeyboardInterrupt:
@@ -111,6 +113,67 @@ def main(argv: list[str] | None = None) -> int:
             f"\nelbobench {name}: interrupted; finished configurations are kept (rerun with --resume)", file=sys.stderr
         )
         return 130
+
+
+def _subparser(name: str, module, help_: str, *, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    sub = argparse.ArgumentParser(
+        prog=f"elbobench {name}",
+        description=(module.__doc__ or help_).strip().split("\n\n")[0],
+        epilog=getattr(module, "EXAMPLES", None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS if suppress_defaults else None,
+    )
+    sub.add_argument(
+        "--plugin",
+        action="append",
+        default=argparse.SUPPRESS if suppress_defaults else [],
+        metavar="MODULE",
+        help="import MODULE first (a dotted module on sys.path, working directory first, or a .py path); "
+        "repeatable. Plugins register estimators, control variates, models, datasets or kernel backends",
+    )
+    module.add_arguments(sub)
+    if suppress_defaults:
+        for action in sub._actions:
+            action.default = argparse.SUPPRESS
+    return sub
+
+
+def _resume_from_manifest(name: str, module, help_: str, args: argparse.Namespace, argv: list[str]):
+    """``--resume``: continue the run as its manifest recorded it; options that contradict it are refused.
+
+    Options that say where and how to run (:data:`bench.cli.options.RESUME_FREE`) may
+    change; every other option given must equal the run's. A run directory from
+    before manifests kept options is continued with the options given.
+    """
+    if not getattr(args, "resume", False) or not getattr(args, "out", None):
+        return args
+    from bench.results.manifest import read_manifest
+
+    saved = (read_manifest(args.out).get("extra") or {}).get("options")
+    if not saved:
+        return args
+    if saved.get("command") and saved["command"] != name:
+        raise OptionError(
+            f"--resume: {args.out} holds a run of `elbobench {saved['command']}`, not `elbobench {name}`; "
+            f"continue it with `elbobench {saved['command']} --out {args.out} --resume`"
+        )
+    given = vars(_subparser(name, module, help_, suppress_defaults=True).parse_args(argv))
+    values = saved["values"]
+    bad = []
+    for dest, value in given.items():
+        if dest in RESUME_FREE or dest not in values:
+            continue
+        if json.loads(json.dumps(value, default=str)) != values[dest]:
+            flag = "--" + dest.replace("_", "-")
+            bad.append(f"{flag} {value!r} (the run has {values[dest]!r})")
+    if bad:
+        raise OptionError(
+            "--resume continues the run in --out as it was started, and these options contradict its "
+            f"manifest: {'; '.join(bad)}. Drop them, or start a new run with another --out"
+        )
+    merged = {**vars(args), **values}
+    merged.update({k: v for k, v in vars(args).items() if k in RESUME_FREE or k.startswith("_")})
+    return argparse.Namespace(**merged)
 
 
 if __name__ == "__main__":  # pragma: no cover

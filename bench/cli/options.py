@@ -8,10 +8,12 @@ what it expects; the subcommands print that message and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
@@ -242,6 +244,129 @@ def add_common(parser: argparse.ArgumentParser, *, datasets_default: str = "digi
     g.add_argument("--quick", action="store_true", help="the small preset of the README's main job")
     g.add_argument("--data-dir", default=None, help="directory of IDX files for fashion-mnist (or MNIST)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_execution(parser)
+
+
+def add_execution(parser: argparse.ArgumentParser) -> None:
+    """Where the sweep's tasks run: ``--executor``, ``--workers``, ``--scheduler``, ``--threads``."""
+    g = parser.add_argument_group("execution (see bench.run.executors)")
+    g.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help="local: this machine's processes (default); dask: a dask.distributed cluster",
+    )
+    g.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="worker processes (default 1; with --executor dask, the LocalCluster's workers)",
+    )
+    g.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="a running Dask scheduler, e.g. tcp://10.0.0.1:8786 (implies --executor dask)",
+    )
+    g.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch and numba threads per worker, part of each configuration (default: this machine's "
+        "cores over --workers; 1 with --scheduler)",
+    )
+
+
+def resolve_execution(args: argparse.Namespace) -> dict:
+    """``{"executor", "workers", "scheduler", "threads"}`` of the execution options (raises :class:`OptionError`)."""
+    from bench.run.executors import default_threads
+
+    scheduler = getattr(args, "scheduler", None)
+    workers = getattr(args, "workers", None)
+    if scheduler is not None and workers is not None:
+        raise OptionError(
+            f"--workers {workers} with --scheduler {scheduler}: the cluster at --scheduler has the workers it has; "
+            "drop --workers (or drop --scheduler for a LocalCluster of --workers processes)"
+        )
+    if scheduler is not None and not str(scheduler).strip():
+        raise OptionError("--scheduler: got an empty address; expected e.g. tcp://HOST:8786")
+    executor = "dask" if scheduler is not None else getattr(args, "executor", "local")
+    workers = workers or 1
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        threads = 1 if scheduler is not None else default_threads(workers)
+    return {"executor": executor, "workers": workers, "scheduler": scheduler, "threads": threads}
+
+
+def make_executor(execution: dict):
+    """The executor of resolved execution options (:func:`bench.run.executors.make_executor`)."""
+    from bench.run.executors import ExecutorError
+    from bench.run.executors import make_executor as make
+
+    try:
+        return make(execution["executor"], workers=execution["workers"], scheduler=execution["scheduler"])
+    except ExecutorError as exc:
+        raise OptionError(str(exc)) from None
+
+
+#: Options that --resume may change: where and how the run continues, not what it measures.
+RESUME_FREE = ("out", "resume", "no_progress", "executor", "workers", "scheduler", "plugin")
+
+
+def run_subcommand(prog: str, args: argparse.Namespace, benchmark: str, plan: Callable) -> int:
+    """The body every benchmark subcommand shares: plan, manifest, run on the executor, summary.
+
+    Args:
+        prog: ``"elbobench NAME"`` for messages.
+        args: the parsed options (after ``--resume`` merged the manifest's).
+        benchmark: the manifest's ``benchmark`` entry.
+        plan: ``plan() -> (common, n_configurations, work)``: validates the
+            options (raising :class:`OptionError`); ``common`` from
+            :func:`resolve_common`; ``work(writer, executor) -> summary text`` runs it.
+
+    Returns:
+        The exit status: 0, 2 for bad options or an executor that cannot start,
+        1 when a task failed (finished tasks' rows are kept for ``--resume``).
+    """
+    from bench.results import Manifest, ResultsWriter
+    from bench.run.executors import ExecutorError, TaskFailedError
+
+    saved = saved_options(args)
+    try:
+        common, n, work = plan()
+        writer = ResultsWriter(common["out"], resume=args.resume)
+        executor = make_executor(common)
+    except (OptionError, ValueError, FileExistsError) as exc:
+        return fail(prog, exc)
+    saved["values"]["threads"] = common["threads"]  # resolved: --resume keeps the configurations' hashes
+    Manifest.collect(benchmark=benchmark, options=saved, execution=executor.describe()).write(common["out"])
+    print(f"{prog}: {n} configurations -> {writer.path}", file=sys.stderr)
+    try:
+        text = work(writer, executor)
+    except ExecutorError as exc:
+        return fail(prog, exc)
+    except TaskFailedError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        executor.close()
+    print(text)
+    print(f"results: {writer.path}")
+    return 0
+
+
+def saved_options(args: argparse.Namespace) -> dict:
+    """What the manifest keeps of the options: the subcommand and every option that shapes the results.
+
+    Take it before the options are resolved (resolution fills defaults in place);
+    the caller records the resolved ``threads`` in it.
+    """
+    values = {}
+    for k, v in vars(args).items():
+        if k.startswith("_") or k in RESUME_FREE:
+            continue
+        values[k] = str(v) if isinstance(v, Path) else v
+    return {"command": getattr(args, "_command", ""), "values": json.loads(json.dumps(values, default=str))}
 
 
 def resolve_common(args: argparse.Namespace, *, default_estimators: str, need_out: bool = True) -> dict:
@@ -256,6 +381,7 @@ def resolve_common(args: argparse.Namespace, *, default_estimators: str, need_ou
         "seeds": parse_ints(args.seeds, "--seeds", minimum=0),
         "model": validate_model(getattr(args, "model", "default")),
     }
+    out.update(resolve_execution(args))
     if args.resume and not args.out:
         raise OptionError("--resume needs --out DIR: the run directory to continue")
     if args.out:

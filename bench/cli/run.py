@@ -10,6 +10,7 @@ from bench.cli import options as opt
 from bench.measure import train as train_mod
 from bench.results import Manifest, ResultsWriter
 from bench.run import suite
+from bench.run.executors import ExecutorError, TaskFailedError
 
 EXAMPLES = """examples:
   elbobench run --quick                                   # the README's main job, < 5 min on 2 cores
@@ -63,6 +64,7 @@ def plan(args: argparse.Namespace) -> dict:
         replicates=args.replicates,
         is_k=args.is_k,
         model=common["model"],
+        threads=common["threads"],
         quick=bool(args.quick),
         skip=skip,
     )
@@ -72,23 +74,41 @@ def plan(args: argparse.Namespace) -> dict:
 
 def main(args: argparse.Namespace) -> int:
     prog = "elbobench run"
+    saved = opt.saved_options(args)
     try:
         p = plan(args)
         out = p["common"]["out"]
         writer = ResultsWriter(out, resume=args.resume)
+        executor = opt.make_executor(p["common"])
     except (opt.OptionError, ValueError, FileExistsError) as exc:
         return opt.fail(prog, exc)
-    Manifest.collect(benchmark="run", quick=bool(args.quick), planned_configs=suite.planned_configs(p)).write(out)
+    saved["values"]["threads"] = p["common"]["threads"]  # resolved: --resume keeps the configurations' hashes
+    Manifest.collect(
+        benchmark="run",
+        quick=bool(args.quick),
+        planned_configs=suite.planned_configs(p),
+        options=saved,
+        execution=executor.describe(),
+    ).write(out)
     n = len(p["variance"]) + len(p["train"])
     print(f"{prog}: {n} configurations + speed -> {writer.path}", file=sys.stderr)
     t0 = time.perf_counter()
-    done = suite.run_suite(
-        p,
-        writer,
-        resume=args.resume,
-        progress=not args.no_progress,
-        log=lambda msg: print(f"{prog}: {msg}", file=sys.stderr),
-    )
+    try:
+        done = suite.run_suite(
+            p,
+            writer,
+            resume=args.resume,
+            progress=not args.no_progress,
+            log=lambda msg: print(f"{prog}: {msg}", file=sys.stderr),
+            executor=executor,
+        )
+    except ExecutorError as exc:
+        return opt.fail(prog, exc)
+    except TaskFailedError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        executor.close()
     print(suite.summary(done["frames"]))
     total = time.perf_counter() - t0
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in done["timings"].items())

@@ -6,7 +6,6 @@ import argparse
 
 from bench.cli import options as opt
 from bench.measure.speed import speed_benchmark, summary
-from bench.results import Manifest, ResultsWriter
 
 EXAMPLES = """examples:
   elbobench speed --quick
@@ -46,6 +45,7 @@ def resolve(args: argparse.Namespace) -> tuple[dict, dict]:
         else opt.parse_sizes(args.kernel_sizes or "256x64,4096x256", "--kernel-sizes"),
         "repeats": args.repeats,
         "model": common["model"],
+        "threads": common["threads"],
     }
     if args.interleave_kernels:
         kw["kernel_options"] = {"interleave": True}
@@ -53,14 +53,13 @@ def resolve(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def main(args: argparse.Namespace) -> int:
-    prog = "elbobench speed"
-    try:
+    def plan():
         common, kw = resolve(args)
-        writer = ResultsWriter(common["out"], resume=args.resume)
-    except (opt.OptionError, ValueError, FileExistsError) as exc:
-        return opt.fail(prog, exc)
-    Manifest.collect(benchmark="speed").write(common["out"])
-    df = speed_benchmark(**kw, writer=writer, progress=not args.no_progress)
-    print(summary(df))
-    print(f"results: {writer.path}")
-    return 0
+        n = (1 if kw["kernel_sizes"] else 0) + len(kw["estimators"]) * len(kw["batch_sizes"])
+
+        def work(writer, executor):
+            return summary(speed_benchmark(**kw, writer=writer, progress=not args.no_progress, executor=executor))
+
+        return common, n, work
+
+    return opt.run_subcommand("elbobench speed", args, "speed", plan)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from bench.cli import options as opt
 from bench.measure.train import OPTIMIZERS, QUICK_ESTIMATORS, TrainConfig, configs, summary, train_benchmark
 from bench.problems import datasets as ds_mod
-from bench.results import Manifest, ResultsWriter
 
 EXAMPLES = """examples:
   elbobench train --quick
@@ -60,20 +58,21 @@ def grid_from_args(args: argparse.Namespace, common: dict) -> list[TrainConfig]:
         binarize=args.binarize,
         checkpoint_every=args.checkpoint_every,
         model=common["model"],
+        threads=common["threads"],
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    prog = "elbobench train"
-    try:
+    def plan():
         common = opt.resolve_common(args, default_estimators=",".join(QUICK_ESTIMATORS) if args.quick else "reparam")
         grid = grid_from_args(args, common)
-        writer = ResultsWriter(common["out"], resume=args.resume)
-    except (opt.OptionError, ValueError, FileExistsError) as exc:
-        return opt.fail(prog, exc)
-    Manifest.collect(benchmark="train").write(common["out"])
-    print(f"{prog}: {len(grid)} configurations -> {writer.path}", file=sys.stderr)
-    df = train_benchmark(grid, writer=writer, resume=args.resume, progress=not args.no_progress)
-    print(summary(df))
-    print(f"results: {writer.path}")
-    return 0
+
+        def work(writer, executor):
+            df = train_benchmark(
+                grid, writer=writer, resume=args.resume, progress=not args.no_progress, executor=executor
+            )
+            return summary(df)
+
+        return common, len(grid), work
+
+    return opt.run_subcommand("elbobench train", args, "train", plan)

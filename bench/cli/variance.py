@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from bench.cli import options as opt
 from bench.measure.variance import TOYS, VarianceConfig, configs, summary, variance_benchmark
-from bench.results import Manifest, ResultsWriter
 
 EXAMPLES = """examples:
   elbobench variance --quick
@@ -59,6 +57,7 @@ def grid_from_args(args: argparse.Namespace, common: dict) -> list[VarianceConfi
         toy_dim=args.toy_dim,
         bootstrap=args.bootstrap,
         model=common["model"],
+        threads=common["threads"],
     )
 
 
@@ -81,15 +80,15 @@ def resolve(args: argparse.Namespace) -> tuple[dict, list[VarianceConfig]]:
 
 
 def main(args: argparse.Namespace) -> int:
-    prog = "elbobench variance"
-    try:
+    def plan():
         common, grid = resolve(args)
-        writer = ResultsWriter(common["out"], resume=args.resume)
-    except (opt.OptionError, ValueError, FileExistsError) as exc:
-        return opt.fail(prog, exc)
-    Manifest.collect(benchmark="variance").write(common["out"])
-    print(f"{prog}: {len(grid)} configurations -> {writer.path}", file=sys.stderr)
-    df = variance_benchmark(grid, writer=writer, resume=args.resume, progress=not args.no_progress)
-    print(summary(df))
-    print(f"results: {writer.path}")
-    return 0
+
+        def work(writer, executor):
+            df = variance_benchmark(
+                grid, writer=writer, resume=args.resume, progress=not args.no_progress, executor=executor
+            )
+            return summary(df)
+
+        return common, len(grid), work
+
+    return opt.run_subcommand("elbobench variance", args, "variance", plan)

@@ -18,7 +18,6 @@ Three parts, all rows in the results schema (``benchmark="speed"``):
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,10 +25,11 @@ import pandas as pd
 import torch
 
 import kernels
-from bench.measure.timing import quantile, time_call, time_round_robin
+from bench.measure.timing import quantile, quantiles, time_call, time_round_robin
 from bench.problems import datasets as ds_mod
 from bench.problems import models as models_mod
 from bench.results import FIELDS, Result, ResultsWriter, make_result, to_frame
+from bench.run.tasks import Task, register_kind, run_tasks
 
 __all__ = ["estimator_speed", "kernel_profile", "speed_benchmark", "time_interleaved"]
 
@@ -112,6 +112,105 @@ def time_interleaved(fns: dict, *, repeats: int = 20, warmup: int = 2) -> dict[s
     return time_round_robin(fns, repeats=repeats, warmup=warmup, around=kernels.use_backend)
 
 
+def _estimator_key(dataset, e, b, bs, s, repeats, profile, seed, model, threads) -> dict:
+    key = {
+        "benchmark": "speed",
+        "part": "estimator",
+        "dataset": dataset,
+        "estimator": e,
+        "backend": b,
+        "batch_size": bs,
+        "num_samples": s,
+        "repeats": repeats,
+        "profile": profile,
+        "seed": seed,
+    }
+    if model != "default":
+        key["model"] = model
+    if threads is not None:
+        key["threads"] = threads
+    return key
+
+
+def estimator_speed_tasks(
+    *,
+    dataset: str = "digits",
+    estimators: Sequence[str] = ("reparam",),
+    backends: Sequence[str] = ("torch",),
+    batch_sizes: Sequence[int] = (100,),
+    num_samples: int = 1,
+    repeats: int = 20,
+    profile: bool = True,
+    seed: int = 0,
+    model: str = "default",
+    threads: int | None = None,
+) -> list[Task]:
+    """One timing task per (estimator, batch size): its backends timed interleaved (:mod:`bench.run.tasks`)."""
+    from bench.measure.train import make_estimator
+
+    tasks = []
+    for e in estimators:
+        s = max(num_samples, make_estimator(e).min_samples)
+        for bs in batch_sizes:
+            group = list(dict.fromkeys(backends))  # a backend named twice is timed once
+            keys = tuple(_estimator_key(dataset, e, b, bs, s, repeats, profile, seed, model, threads) for b in group)
+            config = {"part": "estimator", "dataset": dataset, "estimator": e, "backends": group, "batch_size": bs,
+                      "num_samples": s, "repeats": repeats, "profile": profile, "seed": seed, "model": model}  # fmt: skip
+            tasks.append(Task("speed", config, keys, threads=threads, timing=True, label=f"speed {e} B={bs}"))
+    return tasks
+
+
+def _estimator_group(c: dict, keys: Sequence[dict]) -> list[Result]:
+    """Time one estimator at one batch size on each backend (interleaved, ``keys`` in the backends' order)."""
+    from bench.measure.train import make_estimator
+
+    dataset, e, bs, s, seed = c["dataset"], c["estimator"], c["batch_size"], c["num_samples"], c["seed"]
+    repeats, profile = c["repeats"], c["profile"]
+    data = ds_mod.load(dataset, seed=0, binarize="static")
+    setups = {}
+    for b, key in zip(c["backends"], keys, strict=True):
+        est = make_estimator(e)
+        n = data.train.shape[0]
+        x = data.train[torch.arange(bs) % n]
+        model_ = models_mod.build_model(data, model=c["model"], seed=seed)
+        with kernels.use_backend(b):
+            estimate, train_step = _step_fns(est, model_, x, s, seed)
+        setups[b] = {"est": est, "key": key, "x": x, "model": model_, "fns": (estimate, train_step)}
+    timings = {}
+    for i, (op, per) in enumerate((("estimate", 1), ("train_step", bs))):
+        timed = time_interleaved({b: v["fns"][i] for b, v in setups.items()}, repeats=repeats, warmup=2)
+        for b, ts in timed.items():
+            timings[(b, op)] = (ts, per)
+    rows: list[Result] = []
+    for b, v in setups.items():
+        common = {
+            "benchmark": "speed",
+            "problem": dataset,
+            "estimator": e,
+            "backend": b,
+            "size": f"B={bs}",
+            "seed": seed,
+        }
+        key = v["key"]
+        for op in ("estimate", "train_step"):
+            ts, per = timings[(b, op)]
+            q = quantiles(ts, 1e3)
+            rows.append(make_result(key, **common, op=op, metric="ms", unit="ms", value=q["p50"], **q))
+            metric, unit = ("steps_per_s", "steps/s") if per == 1 else ("examples_per_s", "examples/s")
+            rows.append(make_result(key, **common, op=op, metric=metric, unit=unit, value=per / (q["p50"] / 1e3)))
+        if profile:
+            with kernels.use_backend(b):
+                prof = kernel_profile(
+                    v["est"], v["model"], v["x"], num_samples=s, repeats=max(3, repeats // 2), seed=seed
+                )
+            rows.append(make_result(key, **common, op="train_step", metric="kernel_share", unit="fraction",
+                                    value=prof["kernel_share"]))  # fmt: skip
+            for k, val in prof.items():
+                if k.endswith("_s"):
+                    rows.append(make_result(key, **common, op=k[:-2], metric="profile_ms", unit="ms", value=val * 1e3))
+    return rows
+
+
 def estimator_speed(
     *,
     dataset: str = "digits",
@@ -125,8 +224,13 @@ def estimator_speed(
     model: str = "default",
     writer: ResultsWriter | None = None,
     progress: bool = False,
+    executor=None,
 ) -> pd.DataFrame:
     """Estimator steps/s, training examples/s and the kernel share per estimator x backend x batch size.
+
+    The backends of one (estimator, batch size) are timed interleaved
+    (:func:`time_interleaved`), so load on a shared machine hits them alike; each
+    configuration's rows are still written on their own (resume skips finished ones).
 
     Args:
         dataset: dataset whose model is timed.
@@ -138,127 +242,16 @@ def estimator_speed(
         model: a registered model (:func:`bench.problems.models.register_model`).
         writer: append each configuration's rows as it finishes (skipping done ones).
         progress: tqdm bar on stderr.
+        executor: where the timings run, one at a time (default this process).
 
     Returns:
         The rows as a DataFrame in the results schema.
     """
-    from bench.measure.train import make_estimator
-
-    data = ds_mod.load(dataset, seed=0, binarize="static")
-    grid = [(e, b, bs) for e in estimators for bs in batch_sizes for b in backends]
-    rows: list[Result] = []
-    bar = None
-    if progress and grid:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(grid), desc="speed", file=sys.stderr, leave=False, dynamic_ncols=True)
-    # The backends of one (estimator, batch size) are timed interleaved (time_interleaved),
-    # so load on a shared machine hits them alike; each configuration's rows are still
-    # written on their own (resume skips the finished ones).
-    groups: dict[tuple[str, int], list[str]] = {}
-    for e, b, bs in grid:
-        group = groups.setdefault((e, bs), [])
-        if b not in group:  # a backend named twice is timed once
-            group.append(b)
-    for (e, bs), group in groups.items():
-        setups = {}
-        for b in group:
-            est = make_estimator(e)
-            s = max(num_samples, est.min_samples)
-            key = {
-                "benchmark": "speed",
-                "part": "estimator",
-                "dataset": dataset,
-                "estimator": e,
-                "backend": b,
-                "batch_size": bs,
-                "num_samples": s,
-                "repeats": repeats,
-                "profile": profile,
-                "seed": seed,
-                **({} if model == "default" else {"model": model}),
-            }
-            if writer is not None and writer.is_done(key):
-                if bar is not None:
-                    bar.update(1)
-                continue
-            n = data.train.shape[0]
-            x = data.train[torch.arange(bs) % n]
-            model_ = models_mod.build_model(data, model=model, seed=seed)
-            with kernels.use_backend(b):
-                estimate, train_step = _step_fns(est, model_, x, s, seed)
-            setups[b] = {"est": est, "s": s, "key": key, "x": x, "model": model_, "fns": (estimate, train_step)}
-        if not setups:
-            continue
-        timings = {}
-        for i, (op, per) in enumerate((("estimate", 1), ("train_step", bs))):
-            timed = time_interleaved({b: v["fns"][i] for b, v in setups.items()}, repeats=repeats, warmup=2)
-            for b, ts in timed.items():
-                timings[(b, op)] = (ts, per)
-        for b, v in setups.items():
-            common = {
-                "benchmark": "speed",
-                "problem": dataset,
-                "estimator": e,
-                "backend": b,
-                "size": f"B={bs}",
-                "seed": seed,
-            }
-            key = v["key"]
-            r = []
-            for op in ("estimate", "train_step"):
-                ts, per = timings[(b, op)]
-                med = quantile(ts, 0.5)
-                r.append(
-                    make_result(
-                        key,
-                        **common,
-                        op=op,
-                        metric="ms",
-                        unit="ms",
-                        value=med * 1e3,
-                        p20=quantile(ts, 0.2) * 1e3,
-                        p50=med * 1e3,
-                        p80=quantile(ts, 0.8) * 1e3,
-                    )
-                )
-                unit = "steps/s" if per == 1 else "examples/s"
-                r.append(
-                    make_result(
-                        key,
-                        **common,
-                        op=op,
-                        metric=("steps_per_s" if per == 1 else "examples_per_s"),
-                        unit=unit,
-                        value=per / med,
-                    )
-                )
-            if profile:
-                with kernels.use_backend(b):
-                    prof = kernel_profile(
-                        v["est"], v["model"], v["x"], num_samples=v["s"], repeats=max(3, repeats // 2), seed=seed
-                    )
-                r.append(
-                    make_result(
-                        key,
-                        **common,
-                        op="train_step",
-                        metric="kernel_share",
-                        unit="fraction",
-                        value=prof["kernel_share"],
-                    )
-                )
-                for k, val in prof.items():
-                    if k.endswith("_s"):
-                        r.append(make_result(key, **common, op=k[:-2], metric="profile_ms", unit="ms", value=val * 1e3))
-            if writer is not None:
-                writer.append(r)
-            rows.extend(r)
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return to_frame(rows)
+    tasks = estimator_speed_tasks(
+        dataset=dataset, estimators=estimators, backends=backends, batch_sizes=batch_sizes, num_samples=num_samples,
+        repeats=repeats, profile=profile, seed=seed, model=model,
+    )  # fmt: skip
+    return to_frame(run_tasks(tasks, writer=writer, executor=executor, progress=progress, desc="speed"))
 
 
 def kernel_rows(df: pd.DataFrame) -> list[Result]:
@@ -268,6 +261,43 @@ def kernel_rows(df: pd.DataFrame) -> list[Result]:
         vals = {k: rec[k] for k in FIELDS if k in rec}
         out.append(Result(**vals))
     return out
+
+
+def kernel_speed_task(
+    *,
+    sizes: Sequence,
+    backends: Sequence[str],
+    options: dict | None = None,
+    threads: int | None = None,
+) -> Task:
+    """The kernel cells as one timing task (:func:`bench.measure.kernel_speed.kernel_speed`)."""
+    key = {"benchmark": "speed", "part": "kernels", "sizes": [list(s) for s in sizes], "backends": list(backends),
+           **(options or {})}  # fmt: skip
+    if threads is not None:
+        key["threads"] = threads
+    config = {
+        "part": "kernels",
+        "sizes": [tuple(s) for s in sizes],
+        "backends": list(backends),
+        "options": options or {},
+    }
+    return Task("speed", config, (key,), threads=threads, timing=True, label="speed kernels")
+
+
+def _run_task(task: Task, run_dir, resume) -> list[Result]:
+    c = task.config
+    if c["part"] == "kernels":
+        from dataclasses import replace
+
+        from bench.measure.kernel_speed import kernel_speed
+
+        kdf = kernel_speed(sizes=c["sizes"], backends=c["backends"], **c["options"])
+        # the kernel part is done under one hash; each row keeps its own config text
+        return [replace(r, config_hash=task.hashes[0]) for r in kernel_rows(kdf)]
+    return _estimator_group(c, task.keys)
+
+
+register_kind("speed", _run_task)
 
 
 def speed_benchmark(
@@ -281,10 +311,12 @@ def speed_benchmark(
     kernel_options: dict | None = None,
     repeats: int = 20,
     model: str = "default",
+    threads: int | None = None,
     out: str | Path | None = None,
     resume: bool = False,
     writer: ResultsWriter | None = None,
     progress: bool = False,
+    executor=None,
 ) -> pd.DataFrame:
     """Kernel benchmarks (if ``kernel_sizes``) plus :func:`estimator_speed`; rows as a DataFrame.
 
@@ -292,52 +324,42 @@ def speed_benchmark(
         kernel_backends: backends of the kernel benchmarks (default: ``backends`` plus
             ``"torch_compile"``); ``kernel_options`` go to
             :func:`bench.measure.kernel_speed.kernel_speed` (e.g. ``repeats``).
+        threads: torch and numba threads of every timing (None: the process's).
+        executor: where the timings run, one at a time (default this process).
         Others: as :func:`estimator_speed`.
     """
     if writer is None and out is not None:
         writer = ResultsWriter(out, resume=resume)
-    frames = []
+    return to_frame(run_tasks(speed_tasks(
+        dataset=dataset, estimators=estimators, backends=backends, batch_sizes=batch_sizes, kernel_sizes=kernel_sizes,
+        kernel_backends=kernel_backends, kernel_options=kernel_options, repeats=repeats, model=model, threads=threads,
+    ), writer=writer, executor=executor, progress=progress, desc="speed"))  # fmt: skip
+
+
+def speed_tasks(
+    *,
+    dataset: str = "digits",
+    estimators: Sequence[str] = ("reparam",),
+    backends: Sequence[str] = ("torch",),
+    batch_sizes: Sequence[int] = (100,),
+    kernel_sizes: Sequence | None = ((256, 64), (4096, 256)),
+    kernel_backends: Sequence[str] | None = None,
+    kernel_options: dict | None = None,
+    repeats: int = 20,
+    model: str = "default",
+    threads: int | None = None,
+) -> list[Task]:
+    """The timing tasks of :func:`speed_benchmark`: the kernel cells, then one per (estimator, batch size)."""
+    tasks = []
     if kernel_sizes:
-        try:
-            from bench.measure.kernel_speed import kernel_speed
-        except ImportError as exc:
-            print(f"speed: kernel benchmarks skipped ({exc})", file=sys.stderr)
-        else:
-            kb = list(kernel_backends) if kernel_backends is not None else [*backends, "torch_compile"]
-            kkey = {
-                "benchmark": "speed",
-                "part": "kernels",
-                "sizes": [list(s) for s in kernel_sizes],
-                "backends": kb,
-                **(kernel_options or {}),
-            }
-            if writer is None or not writer.is_done(kkey):
-                kdf = kernel_speed(sizes=kernel_sizes, backends=kb, **(kernel_options or {}))
-                if writer is not None and not kdf.empty:
-                    # mark the kernel part done under one hash, keeping each row's own config text
-                    rows = kernel_rows(kdf)
-                    from dataclasses import replace
-
-                    from bench.results import config_hash
-
-                    h = config_hash(kkey)
-                    writer.append([replace(r, config_hash=h) for r in rows])
-                frames.append(kdf)
+        kb = list(kernel_backends) if kernel_backends is not None else [*backends, "torch_compile"]
+        tasks.append(kernel_speed_task(sizes=kernel_sizes, backends=kb, options=kernel_options, threads=threads))
     if estimators:
-        frames.append(
-            estimator_speed(
-                dataset=dataset,
-                estimators=estimators,
-                backends=backends,
-                batch_sizes=batch_sizes,
-                repeats=repeats,
-                model=model,
-                writer=writer,
-                progress=progress,
-            )
-        )
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=FIELDS)
+        tasks += estimator_speed_tasks(
+            dataset=dataset, estimators=estimators, backends=backends, batch_sizes=batch_sizes, repeats=repeats,
+            model=model, threads=threads,
+        )  # fmt: skip
+    return tasks
 
 
 def summary(df: pd.DataFrame) -> str:

@@ -48,7 +48,8 @@ import kernels
 from bench.measure.timing import quantile, time_round_robin
 from bench.problems import datasets as ds_mod
 from bench.problems import models as models_mod
-from bench.results import Result, ResultsWriter, make_result, to_frame
+from bench.results import Result, ResultsWriter, load_checkpoint, make_result, save_checkpoint, to_frame
+from bench.run.tasks import Task, register_kind, run_tasks
 
 __all__ = [
     "TrainConfig",
@@ -97,6 +98,8 @@ class TrainConfig:
         hidden, z_dim, activation: model overrides (None: the defaults).
         output_bias: start the decoder's output bias at the logit of the training mean.
         checkpoint_every: steps between checkpoints (0: none).
+        threads: torch and numba threads the run uses (None: the process's); the
+            reduction order depends on them, so they are part of the configuration.
     """
 
     dataset: str = "digits"
@@ -124,6 +127,7 @@ class TrainConfig:
     activation: str | None = None
     output_bias: bool = True
     checkpoint_every: int = 100
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "num_samples", "eval_every"):
@@ -140,6 +144,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.kl must be 'analytic', 'mc' or None, got {self.kl!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"TrainConfig.lr must be a positive number, got {self.lr!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(f"TrainConfig.threads must be None or a positive int, got {self.threads!r}")
         if self.model not in models_mod.available():
             raise ValueError(f"TrainConfig.model must be one of {models_mod.available()}, got {self.model!r}")
         cvs = estimators_mod.control_variates.names()
@@ -155,6 +163,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         if d["model"] == "default":
             del d["model"]
+        if d["threads"] is None:
+            del d["threads"]
         return {"benchmark": "train", **d}
 
 
@@ -403,26 +413,6 @@ def lockstep_throughput(
     return out
 
 
-def _est_blob(est) -> bytes | None:
-    """The estimator pickled (its control-variate state: moving average, learned baseline), or None."""
-    import io
-
-    buf = io.BytesIO()
-    try:
-        torch.save(est, buf)
-    except Exception:  # noqa: BLE001 - an unpicklable estimator only loses its state on resume
-        return None
-    return buf.getvalue()
-
-
-def _est_from_blob(blob: bytes | None):
-    import io
-
-    if blob is None:
-        return None
-    return torch.load(io.BytesIO(blob), weights_only=False)
-
-
 # --------------------------------------------------------------------------- training
 def train(
     config: TrainConfig,
@@ -462,20 +452,18 @@ def train(
     start, wall = 0, 0.0
     ckpt_path = Path(checkpoint_dir) / f"{chash}.pt" if checkpoint_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = load_checkpoint(ckpt_path)
         if state.get("config_hash") != chash:
             raise ValueError(f"checkpoint {ckpt_path} belongs to another configuration")
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optimizer"])
-        est = _est_from_blob(state.get("estimator")) or est
+        est.load_state_dict(state.get("estimator", {}))
         start, wall, history = state["step"], state["wall"], state["history"]
 
     def checkpoint(step: int) -> None:
         if ckpt_path is None:
             return
-        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save(
+        save_checkpoint(
             {
                 "config_hash": chash,
                 "config": key,
@@ -484,11 +472,10 @@ def train(
                 "history": history,
                 "model": model.state_dict(),
                 "optimizer": optim.state_dict(),
-                "estimator": _est_blob(est),
+                "estimator": est.state_dict(),
             },
-            tmp,
+            ckpt_path,
         )
-        tmp.replace(ckpt_path)
 
     val = dataset.val if dataset.val.shape[0] else dataset.train
     if cfg.eval_size is not None:
@@ -625,6 +612,37 @@ def configs(
     return out
 
 
+def train_tasks(grid: Sequence[TrainConfig]) -> list[Task]:
+    """One statistical task per training configuration (:mod:`bench.run.tasks`)."""
+    return [
+        Task(
+            "train",
+            c,
+            (c.key(),),
+            threads=c.threads,
+            label=f"train {c.dataset} {c.estimator}/{c.control_variate}/{c.backend} seed {c.seed}",
+        )
+        for c in grid
+    ]
+
+
+#: Loaded datasets of this process's training tasks.
+_DATASETS: dict = {}
+
+
+def _run_task(task: Task, run_dir, resume) -> list[Result]:
+    cfg = task.config
+    dkey = (cfg.dataset, cfg.data_seed, cfg.binarize, cfg.split)
+    if dkey not in _DATASETS:
+        _DATASETS.clear()  # one dataset at a time: a sweep's tasks mostly share one
+        _DATASETS[dkey] = ds_mod.load(cfg.dataset, seed=cfg.data_seed, binarize=cfg.binarize, split=cfg.split)
+    ckpt_dir = Path(run_dir) / "checkpoints" if run_dir is not None else None
+    return train(cfg, dataset=_DATASETS[dkey], checkpoint_dir=ckpt_dir, resume=resume)
+
+
+register_kind("train", _run_task)
+
+
 def train_benchmark(
     grid: Sequence[TrainConfig],
     *,
@@ -632,29 +650,21 @@ def train_benchmark(
     resume: bool = False,
     progress: bool = False,
     writer: ResultsWriter | None = None,
+    executor=None,
 ) -> pd.DataFrame:
     """Run every configuration of ``grid``; return all rows as a DataFrame.
 
     With ``out`` (or ``writer``), each configuration's rows are appended to
     ``results.csv`` as it finishes and checkpoints go to ``<out>/checkpoints``;
     with ``resume``, finished configurations are skipped and an interrupted one
-    continues from its checkpoint.
+    continues from its checkpoint. ``executor`` says where the configurations
+    run (:func:`bench.run.executors.make_executor`; default this process).
     """
     if writer is None and out is not None:
         writer = ResultsWriter(out, resume=resume)
-    ckpt_dir = Path(writer.out) / "checkpoints" if writer is not None else None
-    cache: dict = {}
-    rows: list[Result] = []
-    for cfg in grid:
-        if writer is not None and writer.is_done(cfg.key()):
-            continue
-        dkey = (cfg.dataset, cfg.data_seed, cfg.binarize, cfg.split)
-        if dkey not in cache:
-            cache[dkey] = ds_mod.load(cfg.dataset, seed=cfg.data_seed, binarize=cfg.binarize, split=cfg.split)
-        r = train(cfg, dataset=cache[dkey], checkpoint_dir=ckpt_dir, resume=resume, progress=progress)
-        if writer is not None:
-            writer.append(r)
-        rows.extend(r)
+    rows = run_tasks(
+        train_tasks(grid), writer=writer, executor=executor, resume=resume, progress=progress, desc="train"
+    )
     return to_frame(rows)
 
 

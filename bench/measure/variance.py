@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,7 @@ from bench.problems import datasets as ds_mod
 from bench.problems import models as models_mod
 from bench.problems.toys import TOYS, toy_problem
 from bench.results import Result, ResultsWriter, make_result, to_frame
+from bench.run.tasks import Task, register_kind, run_tasks
 
 __all__ = [
     "TOYS",
@@ -77,6 +77,8 @@ class VarianceConfig:
         data_seed: seeds the dataset split.
         model: a registered model (:func:`bench.problems.models.register_model`) for
             the VAE problems.
+        threads: torch and numba threads the configuration runs with (None: the
+            process's); reduction order depends on them, so they are part of it.
         cv_warmup: estimates made (with state updates, without moving the model) before
             measuring a stateful control variate (``moving_average``, ``learned``), so
             its state is not the untrained initial one; the snapshots themselves are
@@ -97,6 +99,7 @@ class VarianceConfig:
     data_seed: int = 0
     cv_warmup: int = 200
     model: str = "default"
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "batch_size", "toy_dim", "bootstrap"):
@@ -109,12 +112,18 @@ class VarianceConfig:
             raise ValueError(f"VarianceConfig.train_step must be >= 0, got {self.train_step!r}")
         if self.model not in models_mod.available():
             raise ValueError(f"VarianceConfig.model must be one of {models_mod.available()}, got {self.model!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(f"VarianceConfig.threads must be None or a positive int, got {self.threads!r}")
 
     def key(self) -> dict:
-        """The configuration as a dict (what is hashed); the default model is left out (older runs resume)."""
+        """The configuration as a dict (what is hashed); defaults of later fields are left out (older runs resume)."""
         d = dataclasses.asdict(self)
         if d["model"] == "default":
             del d["model"]
+        if d["threads"] is None:
+            del d["threads"]
         return {"benchmark": "variance", **d}
 
 
@@ -294,6 +303,40 @@ def configs(
     return out
 
 
+def variance_tasks(grid: Sequence[VarianceConfig], *, reference_estimates: int = 4096) -> list[Task]:
+    """One statistical task per configuration of ``grid`` (:mod:`bench.run.tasks`)."""
+    return [
+        Task(
+            "variance",
+            {"config": c, "reference_estimates": reference_estimates},
+            (c.key(),),
+            threads=c.threads,
+            label=f"variance {c.problem} step {c.train_step} {c.estimator}/{c.control_variate}/{c.backend}",
+        )
+        for c in grid
+    ]
+
+
+#: Per-process caches of the variance tasks: loaded datasets, training snapshots,
+#: reference gradients (keyed by what they depend on), and the configurations
+#: already warmed up. A worker keeps them for the tasks it runs.
+_CACHE: dict = {"ctx": {}, "warmed": set()}
+
+
+def reset_cache() -> None:
+    """Forget this process's cached datasets, snapshots and references (a new sweep starts)."""
+    _CACHE["ctx"].clear()
+    _CACHE["warmed"].clear()
+
+
+def _run_task(task: Task, run_dir, resume) -> list[Result]:
+    c = task.config
+    return _measure(c["config"], _CACHE["ctx"], _CACHE["warmed"], c["reference_estimates"])
+
+
+register_kind("variance", _run_task)
+
+
 def variance_benchmark(
     grid: Sequence[VarianceConfig],
     *,
@@ -302,6 +345,7 @@ def variance_benchmark(
     progress: bool = False,
     writer: ResultsWriter | None = None,
     reference_estimates: int = 4096,
+    executor=None,
 ) -> pd.DataFrame:
     """Measure every configuration of ``grid``; return the rows as a DataFrame.
 
@@ -315,27 +359,14 @@ def variance_benchmark(
         reference_estimates: samples averaged into the high-sample reference gradient of
             an MLP VAE (estimates of 64 samples each for the single-sample bounds, of K
             samples each for the K-sample bounds).
+        executor: where the configurations run (:func:`bench.run.executors.make_executor`;
+            default this process).
     """
     if writer is None and out is not None:
         writer = ResultsWriter(out, resume=resume)
-    todo = [c for c in grid if writer is None or not writer.is_done(c.key())]
-    rows: list[Result] = []
-    ctx: dict = {}
-    bar = None
-    if progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="variance", file=sys.stderr, leave=False, dynamic_ncols=True)
-    warmed: set = set()
-    for cfg in todo:
-        r = _measure(cfg, ctx, warmed, reference_estimates)
-        if writer is not None:
-            writer.append(r)
-        rows.extend(r)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+    reset_cache()  # a new sweep: nothing cached from an earlier one in this process
+    tasks = variance_tasks(grid, reference_estimates=reference_estimates)
+    rows = run_tasks(tasks, writer=writer, executor=executor, progress=progress, desc="variance")
     return to_frame(rows)
 
 

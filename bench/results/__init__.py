@@ -17,12 +17,15 @@ from bench.results.schema import (
     to_frame,
 )
 from bench.results.store import (
+    CheckpointError,
     ResultsWriter,
     check_schema,
     done_hashes,
     free_run_path,
+    load_checkpoint,
     read_results,
     run_series,
+    save_checkpoint,
     write_whole,
 )
 
@@ -38,13 +41,16 @@ __all__ = [
     "config_hash",
     "cpu_model",
     "device_name",
+    "CheckpointError",
     "done_hashes",
     "free_run_path",
     "git_commit",
+    "load_checkpoint",
     "make_result",
     "read_manifest",
     "read_results",
     "run_series",
+    "save_checkpoint",
     "size_numel",
     "to_frame",
     "write_whole",

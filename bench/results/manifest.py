@@ -64,6 +64,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def host_name() -> str:
+    """This machine's name (``socket.gethostname()``)."""
+    import socket
+
+    return socket.gethostname()
+
+
 def device_name(device: str = "cpu") -> str:
     import torch
 
@@ -91,6 +98,7 @@ class Manifest:
 
     command: str = field(default_factory=lambda: " ".join(sys.argv))
     cpu: str = field(default_factory=cpu_model)
+    host: str = field(default_factory=host_name)
     gpu: str = ""
     torch_threads: int = 0
     backends: dict = field(default_factory=dict)

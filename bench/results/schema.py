@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench.results.manifest import device_name, git_commit, package_versions
+from bench.results.manifest import device_name, git_commit, host_name, package_versions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions :func:`bench.results.read_results` reads: version 1 had no ``host`` column (read as "").
+READABLE_VERSIONS = (1, 2)
 RESULTS_FILE = "results.csv"
 
 
@@ -53,6 +55,7 @@ class Result:
         config: the configuration as canonical JSON.
         config_hash: :func:`config_hash` of the configuration.
         device: ``"cpu"`` or the GPU name.
+        host: the machine that measured it (a sweep's workers may be several).
         versions: JSON of the main package versions.
         git_commit: short commit of the code that produced it.
         timestamp: ISO-8601 UTC time of the row.
@@ -79,6 +82,7 @@ class Result:
     config: str = "{}"
     config_hash: str = ""
     device: str = "cpu"
+    host: str = ""
     versions: str = "{}"
     git_commit: str = ""
     timestamp: str = ""
@@ -101,6 +105,7 @@ def make_result(config: Mapping, **values) -> Result:
         config=cfg,
         config_hash=config_hash(config),
         device=values.pop("device", device_name()),
+        host=values.pop("host", host_name()),
         versions=json.dumps(package_versions(), sort_keys=True),
         git_commit=git_commit(),
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.results.schema import FIELDS, RESULTS_FILE, SCHEMA_VERSION, Result, config_hash
+from bench.results.schema import FIELDS, READABLE_VERSIONS, RESULTS_FILE, Result, config_hash
 
 
 class ResultsWriter:
@@ -43,13 +43,20 @@ class ResultsWriter:
                 f"--out {str(self.out)!r} already holds {RESULTS_FILE}; pass --resume to continue it "
                 "or choose another --out"
             )
+        self._fields: list[str] | None = None
         if exists:
             check_schema(self.path)
+            with self.path.open(newline="") as fh:
+                self._fields = next(csv.reader(fh))
         self._done = done_hashes(self.path) if exists else set()
 
     def is_done(self, config: Mapping) -> bool:
         """True when this configuration's rows are already in the file."""
         return config_hash(config) in self._done
+
+    def has_hash(self, chash: str) -> bool:
+        """True when rows with this configuration hash are already in the file."""
+        return chash in self._done
 
     def append(self, rows: Iterable[Result]) -> int:
         """Append rows (one configuration's, written together) and flush to disk."""
@@ -58,7 +65,8 @@ class ResultsWriter:
             return 0
         new = not self.path.exists() or self.path.stat().st_size == 0
         with self.path.open("a", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=FIELDS)
+            # a file begun by an older schema keeps its own columns (rows of one file stay aligned)
+            w = csv.DictWriter(fh, fieldnames=self._fields or FIELDS, extrasaction="ignore")
             if new:
                 w.writeheader()
             for r in rows:
@@ -78,8 +86,10 @@ def check_schema(path: str | Path) -> None:
         raise ValueError(f"{path} is not an elbobench results file (no schema_version column)")
     df = pd.read_csv(path, usecols=["schema_version"])
     versions = sorted(set(df["schema_version"].dropna().astype(int)))
-    if versions and versions != [SCHEMA_VERSION]:
-        raise ValueError(f"{path} has schema_version {versions}; this elbobench reads version {SCHEMA_VERSION}")
+    if any(v not in READABLE_VERSIONS for v in versions):
+        raise ValueError(
+            f"{path} has schema_version {versions}; this elbobench reads versions {list(READABLE_VERSIONS)}"
+        )
 
 
 def done_hashes(path: str | Path) -> set[str]:
@@ -97,7 +107,10 @@ def read_results(run_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"no {RESULTS_FILE} at {path}; is this an elbobench run directory?")
     check_schema(path)
-    return pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype={"config_hash": str})
+    df = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype={"config_hash": str})
+    if "host" not in df.columns:  # schema version 1
+        df.insert(FIELDS.index("host"), "host", "")
+    return df
 
 
 def free_run_path(out: str | Path, stem: str = "run") -> Path:
@@ -149,3 +162,52 @@ def run_series(
         k += 1
         print(f"run {k}/{runs} written to {path} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return [pd.read_csv(p) for p in sorted(out.glob("run-*.csv"))]
+
+
+# --------------------------------------------------------------------------- checkpoints
+class CheckpointError(ValueError):
+    """A checkpoint that is not one elbobench wrote: the message names the file and says why."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write ``state`` (tensors, state dicts and plain types only) to ``path`` atomically."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint with ``torch.load(..., weights_only=True)``: tensors and plain types only.
+
+    A run directory travels between machines and people, so a checkpoint is
+    never unpickled as arbitrary objects: one that holds anything else (a
+    pickled class, a function) is refused without running any of it.
+
+    Raises:
+        CheckpointError: the file is not such a checkpoint (unreadable, or it
+            holds other objects); the message names it.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        why = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in why if "GLOBAL" in ln or "Unsupported" in ln), why[0] if why else "")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} refused: it holds objects other than tensors and plain types, "
+            f"which elbobench never writes ({detail}); delete it to start that configuration afresh"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(state).__name__}, expected a dict")
+    return state

@@ -30,7 +30,8 @@ import estimators as estimators_mod
 from bench.measure import speed as speed_mod
 from bench.measure import train as train_mod
 from bench.measure import variance as var_mod
-from bench.results import ResultsWriter
+from bench.results import ResultsWriter, to_frame
+from bench.run.tasks import run_tasks
 
 #: The quick preset: small enough for a 2-core CPU in under 5 minutes.
 QUICK = {
@@ -63,6 +64,7 @@ def build_plan(
     replicates: int | None = None,
     is_k: int | None = None,
     model: str = "default",
+    threads: int | None = None,
     quick: bool = False,
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> dict:
@@ -80,6 +82,7 @@ def build_plan(
         replicates: R per variance configuration (default the quick preset's).
         is_k: importance samples of the test log-likelihood (default 100).
         model: a registered model, for the variance and convergence grids.
+        threads: torch and numba threads of every configuration (None: the process's).
         quick: time the kernels without ``torch.compile`` and with fewer repeats.
         skip: parts not to run, from :data:`PARTS`.
 
@@ -108,6 +111,7 @@ def build_plan(
         batch_size=QUICK["variance_batch"],
         cv_warmup=QUICK["cv_warmup"],
         model=model,
+        threads=threads,
     )
     train_kw = dict(
         datasets=[dataset],
@@ -120,6 +124,7 @@ def build_plan(
         is_k=is_k if is_k is not None else QUICK["is_k"],
         checkpoint_every=max(1, steps // 3),
         model=model,
+        threads=threads,
     )
     # the K-sample bounds train with K = multi_k samples (at K = 1 iwae is the ELBO
     # with a Monte Carlo KL and dreg equals stl); the others with one sample
@@ -138,6 +143,7 @@ def build_plan(
         "kernel_backends": backends if quick else None,
         "kernel_options": {"repeats": 10} if quick else None,
         "repeats": 10 if quick else 20,
+        "threads": threads,
     }
     return {
         "skip": set(skip),
@@ -172,6 +178,7 @@ def save_images(run_dir: Path, dataset_name: str, backend: str, seed: int = 0, s
 
     from bench import report
     from bench.problems import datasets as ds_mod
+    from bench.results import load_checkpoint
 
     ckpts = sorted((run_dir / "checkpoints").glob("*.pt"))
     data = ds_mod.load(dataset_name, seed=0, binarize="dynamic")
@@ -179,7 +186,7 @@ def save_images(run_dir: Path, dataset_name: str, backend: str, seed: int = 0, s
 
     model = None
     for path in ckpts:
-        state = torch.load(path, weights_only=False)
+        state = load_checkpoint(path)
         cfg = state.get("config", {})
         if cfg.get("estimator") == "reparam" and cfg.get("backend") == backend and cfg.get("seed") == seed:
             model = models_mod.build_model(data, model=cfg.get("model", "default"), seed=seed)
@@ -199,34 +206,47 @@ def save_images(run_dir: Path, dataset_name: str, backend: str, seed: int = 0, s
     report.save_image_grid_arrays(run_dir, "reconstructions__reparam", recon)
 
 
-def run_suite(plan: dict, writer: ResultsWriter, *, resume: bool = False, progress: bool = True, log=None) -> dict:
-    """Run the plan's parts into ``writer``'s run directory, then build the report.
+def suite_tasks(plan: dict) -> list:
+    """The plan's tasks: variance and training (statistical), then the speed part's timings."""
+    tasks = []
+    if "variance" not in plan["skip"]:
+        tasks += var_mod.variance_tasks(plan["variance"])
+    if "train" not in plan["skip"]:
+        tasks += train_mod.train_tasks(plan["train"])
+    if "speed" not in plan["skip"]:
+        tasks += speed_mod.speed_tasks(**plan["speed"])
+    return tasks
+
+
+def run_suite(
+    plan: dict, writer: ResultsWriter, *, resume: bool = False, progress: bool = True, log=None, executor=None
+) -> dict:
+    """Run the plan's tasks into ``writer``'s run directory, then build the report.
+
+    The statistical tasks (variance, training) go to ``executor`` together; the
+    timings (speed) follow, one at a time (:func:`bench.run.tasks.run_tasks`).
 
     Args:
         plan: from :func:`build_plan`.
         writer: the run's results writer (its directory is the run directory).
         resume: skip finished configurations and continue training from checkpoints.
         progress: progress bars.
-        log: ``log(message)`` for one line per finished part (default: stderr).
+        log: ``log(message)`` for one line per finished phase (default: stderr).
+        executor: where the tasks run (:func:`bench.run.executors.make_executor`; default this process).
 
     Returns:
-        ``{"frames": {part: DataFrame}, "timings": {part: seconds}, "report": path or None}``.
+        ``{"frames": {part: DataFrame}, "timings": {phase: seconds}, "report": path or None}``.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = writer.path.parent
-    frames, timings = {}, {}
-    for part in ("variance", "speed", "train"):
-        if part in plan["skip"]:
-            continue
-        t = time.perf_counter()
-        if part == "variance":
-            frames[part] = var_mod.variance_benchmark(plan["variance"], writer=writer, progress=progress)
-        elif part == "speed":
-            frames[part] = speed_mod.speed_benchmark(**plan["speed"], writer=writer, progress=progress)
-        else:
-            frames[part] = train_mod.train_benchmark(plan["train"], writer=writer, resume=resume, progress=progress)
-        timings[part] = time.perf_counter() - t
-        log(f"{part} done in {timings[part]:.1f} s")
+    var_mod.reset_cache()
+    timings: dict[str, float] = {}
+    rows = run_tasks(
+        suite_tasks(plan), writer=writer, executor=executor, resume=resume, progress=progress, desc="run",
+        timings=timings, log=log,
+    )  # fmt: skip
+    df = to_frame(rows)
+    frames = {part: df[df["benchmark"] == part] for part in ("variance", "speed", "train") if part not in plan["skip"]}
     if "train" not in plan["skip"]:
         save_images(out, plan["dataset"], plan["backends"][0], plan["seeds"][0])
     report_path = None
