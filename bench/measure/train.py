@@ -49,7 +49,7 @@ from bench.measure.timing import quantile, time_round_robin
 from bench.problems import datasets as ds_mod
 from bench.problems import models as models_mod
 from bench.results import Result, ResultsWriter, load_checkpoint, make_result, save_checkpoint, to_frame
-from bench.run.tasks import Task, register_kind, run_tasks
+from bench.run.tasks import Task, needs_gpu, register_kind, run_tasks
 
 __all__ = [
     "TrainConfig",
@@ -620,6 +620,7 @@ def train_tasks(grid: Sequence[TrainConfig]) -> list[Task]:
             c,
             (c.key(),),
             threads=c.threads,
+            gpu=needs_gpu([c.backend]),
             label=f"train {c.dataset} {c.estimator}/{c.control_variate}/{c.backend} seed {c.seed}",
         )
         for c in grid

@@ -48,8 +48,8 @@ from bench.measure.timing import time_call
 from bench.problems import datasets as ds_mod
 from bench.problems import models as models_mod
 from bench.problems.toys import TOYS, toy_problem
-from bench.results import Result, ResultsWriter, make_result, to_frame
-from bench.run.tasks import Task, register_kind, run_tasks
+from bench.results import Result, ResultsWriter, config_hash, make_result, to_frame
+from bench.run.tasks import Task, needs_gpu, register_kind, run_tasks
 
 __all__ = [
     "TOYS",
@@ -304,17 +304,42 @@ def configs(
 
 
 def variance_tasks(grid: Sequence[VarianceConfig], *, reference_estimates: int = 4096) -> list[Task]:
-    """One statistical task per configuration of ``grid`` (:mod:`bench.run.tasks`)."""
-    return [
+    """The statistical tasks of ``grid`` (:mod:`bench.run.tasks`).
+
+    First (stage 0) one task per high-sample reference gradient the grid needs,
+    then (stage 1) one task per configuration, which reads its reference from
+    the run directory: the references are the costliest part of a VAE
+    configuration, and workers would otherwise each compute every one.
+    """
+    refs: dict[str, list] = {}
+    for c in grid:
+        if c.problem in TOYS or ds_mod.spec(c.problem).likelihood == "gaussian":
+            continue  # exact truths, computed where needed
+        refs.setdefault(config_hash(_reference_key(c, reference_estimates)), []).append(c)
+    tasks = [
+        Task(
+            "variance_reference",
+            {"config": cs[0], "reference_estimates": reference_estimates},
+            tuple(c.key() for c in cs),  # done when every configuration that needs it is
+            threads=cs[0].threads,
+            stage=0,
+            label=f"reference gradient {cs[0].problem} step {cs[0].train_step}",
+        )
+        for cs in refs.values()
+    ]
+    tasks += [
         Task(
             "variance",
             {"config": c, "reference_estimates": reference_estimates},
             (c.key(),),
             threads=c.threads,
+            stage=1,
+            gpu=needs_gpu([c.backend]),
             label=f"variance {c.problem} step {c.train_step} {c.estimator}/{c.control_variate}/{c.backend}",
         )
         for c in grid
     ]
+    return tasks
 
 
 #: Per-process caches of the variance tasks: loaded datasets, training snapshots,
@@ -331,10 +356,19 @@ def reset_cache() -> None:
 
 def _run_task(task: Task, run_dir, resume) -> list[Result]:
     c = task.config
-    return _measure(c["config"], _CACHE["ctx"], _CACHE["warmed"], c["reference_estimates"])
+    return _measure(c["config"], _CACHE["ctx"], _CACHE["warmed"], c["reference_estimates"], run_dir)
+
+
+def _run_reference_task(task: Task, run_dir, resume) -> list[Result]:
+    cfg, n = task.config["config"], task.config["reference_estimates"]
+    dataset, model, x = _problem(cfg, _CACHE["ctx"])
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    _reference(cfg, _CACHE["ctx"], dataset, model, x, names, n, run_dir)
+    return []
 
 
 register_kind("variance", _run_task)
+register_kind("variance_reference", _run_reference_task)
 
 
 def variance_benchmark(
@@ -390,21 +424,50 @@ def _problem(cfg: VarianceConfig, ctx: dict):
     return dataset, model, x
 
 
-def _reference(cfg: VarianceConfig, ctx: dict, dataset, model, x, names, n_estimates: int) -> torch.Tensor | None:
-    """Ground-truth gradient for a VAE problem (exact for ppca, high-sample otherwise)."""
-    import estimators
-
+def _reference_key(cfg: VarianceConfig, n_estimates: int) -> dict:
+    """What a VAE problem's reference gradient depends on (its hash names the file it is kept in)."""
     multi = estimators_mod.estimator_class(cfg.estimator).multi_sample
-    k = cfg.num_samples if multi else 1
-    rkey = ("ref", cfg.problem, cfg.model, cfg.seed, cfg.train_step, cfg.batch_size, multi, k)
+    return {
+        "reference": "variance",
+        "problem": cfg.problem,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "data_seed": cfg.data_seed,
+        "train_step": cfg.train_step,
+        "batch_size": cfg.batch_size,
+        "multi": multi,
+        "k": cfg.num_samples if multi else 1,
+        "estimates": n_estimates,
+        "threads": cfg.threads,
+    }
+
+
+def _reference(
+    cfg: VarianceConfig, ctx: dict, dataset, model, x, names, n_estimates: int, run_dir=None
+) -> torch.Tensor | None:
+    """Ground-truth gradient for a VAE problem (exact for ppca, high-sample otherwise).
+
+    A high-sample reference is kept in ``<run_dir>/references/<hash>.pt`` when there
+    is a run directory, so the workers of a sweep compute each one once
+    (:func:`reference_tasks` computes them before the variance tasks run).
+    """
+    import estimators
+    from bench.results import config_hash, load_checkpoint, save_checkpoint
+
+    spec = _reference_key(cfg, n_estimates)
+    multi, k = spec["multi"], spec["k"]
+    rkey = ("ref", config_hash(spec))
     if rkey in ctx:
         return ctx[rkey]
+    path = Path(run_dir) / "references" / f"{rkey[1]}.pt" if run_dir is not None else None
     ref = None
     if dataset.likelihood == "gaussian" and not (multi and k > 1):
         exact = getattr(model, "exact_loss_grads", None)  # bench.problems.ppca.LinearGaussianVAE: closed form
         if callable(exact):
             g = exact(x)
             ref = torch.cat([g[n].reshape(-1).double() for n in names])
+    if ref is None and path is not None and path.exists():
+        ref = load_checkpoint(path)["gradient"]
     if ref is None:
         est = estimators.get("iwae" if multi else "reparam")
         s = k if multi else 64
@@ -419,11 +482,13 @@ def _reference(cfg: VarianceConfig, ctx: dict, dataset, model, x, names, n_estim
                 total = flat if total is None else total + flat
                 done += rr
         ref = total / reps
+        if path is not None:
+            save_checkpoint({"gradient": ref, "key": spec}, path)
     ctx[rkey] = ref
     return ref
 
 
-def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: int) -> list[Result]:
+def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: int, run_dir=None) -> list[Result]:
     import estimators
 
     est = _make_est(cfg.estimator, cfg.control_variate)
@@ -468,7 +533,7 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
                 ),
                 warm,
             )
-        ref = _reference(cfg, ctx, dataset, model, x, names, reference_estimates)
+        ref = _reference(cfg, ctx, dataset, model, x, names, reference_estimates, run_dir)
         groups = {"total": names, "encoder": split["encoder"], "decoder": split["decoder"]}
         with torch.no_grad():
             latent_dim = int(model.encode(x[:1])[0].shape[-1])

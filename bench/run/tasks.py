@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from bench.results import Result, ResultsWriter, config_hash
 
-__all__ = ["Task", "execute", "kinds", "register_kind", "run_tasks", "set_threads"]
+__all__ = ["Task", "execute", "kinds", "needs_gpu", "register_kind", "run_tasks", "set_threads"]
 
 #: kind -> ``fn(task, run_dir, resume) -> list[Result]``, run where the task runs.
 _KINDS: dict[str, Callable] = {}
@@ -72,6 +72,8 @@ class Task:
             is done when all their hashes are in ``results.csv``.
         threads: torch and numba threads the task runs with (None: the process's).
         timing: the task times code: it runs after the statistical tasks, alone.
+        stage: statistical tasks of a lower stage all finish before those of a
+            higher one start (a stage computes what the next one reads).
         gpu: it needs a GPU (a Dask worker started with ``--resources GPU=1``).
         label: a short description for progress and errors.
     """
@@ -81,6 +83,7 @@ class Task:
     keys: tuple[dict, ...]
     threads: int | None = None
     timing: bool = False
+    stage: int = 0
     gpu: bool = False
     label: str = ""
     hashes: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -94,6 +97,19 @@ class Task:
     def name(self) -> str:
         """A stable identifier: kind and the first configuration's hash."""
         return f"{self.kind}-{self.hashes[0]}"
+
+
+def needs_gpu(backends: Iterable[str]) -> bool:
+    """Whether a task on these kernel backends needs a GPU worker: one of them serves CUDA but cannot run on CPU here."""
+    from kernels import registry
+
+    for b in backends:
+        if b not in registry.names():
+            continue
+        devices = registry.info(b).devices
+        if "cuda" in devices and registry.unavailable_reason(b, "cpu") is not None:
+            return True
+    return False
 
 
 def set_threads(threads: int | None) -> None:
@@ -195,9 +211,15 @@ def run_tasks(
             if not part:
                 continue
             t0 = time.perf_counter()
-            executor.run(
-                part, run_dir=run_dir, resume=resume, plugins=plugins, on_done=done, one_at_a_time=phase == "timing"
-            )
+            for stage in sorted({t.stage for t in part}):
+                executor.run(
+                    [t for t in part if t.stage == stage],
+                    run_dir=run_dir,
+                    resume=resume,
+                    plugins=plugins,
+                    on_done=done,
+                    one_at_a_time=phase == "timing",
+                )
             seconds = time.perf_counter() - t0
             if timings is not None:
                 timings[phase] = seconds
