@@ -274,36 +274,41 @@ class Delta(ControlVariate):
 
 
 class Learned(ControlVariate):
-    """Input-dependent baseline b(x) learned by minimising the squared residual (NVIL).
+    """NVIL's baseline: a running average c plus an input-dependent b_psi(x) fitted to the residual.
 
-    ``b_psi(x)`` is a one-hidden-layer tanh MLP; after each estimate psi takes one
-    Adam step on ``mean (f(z) - b_psi(x))^2`` (Mnih & Gregor 2014, "Neural
-    variational inference and learning in belief networks", sec. 3.1). The
-    baseline used for an estimate is the one before its own update, so it does not
-    depend on the samples it multiplies. It needs x: VAE setting only.
+    ``h(x) = c + b_psi(x)`` (Mnih & Gregor 2014, "Neural variational inference and
+    learning in belief networks", sec. 3.1-3.2: a constant baseline for the
+    learning signal's mean and a data-dependent one learned to predict what is left).
+    ``c`` is the bias-corrected exponential moving average of :class:`MovingAverage`;
+    ``b_psi`` is a one-hidden-layer tanh MLP whose output starts at 0, and after each
+    estimate psi takes one Adam step on ``mean (f(z) - c - b_psi(x))^2``. The baseline
+    used for an estimate is the one before its own update, so it does not depend on
+    the samples it multiplies. It needs x: VAE setting only.
 
     Args:
         hidden: width of the hidden layer.
         lr: Adam step size.
         seed: initialisation seed of psi.
+        decay: decay of the running average c.
     """
 
     name = "learned"
     needs_context = True
     stateful = True
 
-    def __init__(self, hidden: int = 100, lr: float = 1e-3, seed: int = 0) -> None:
+    def __init__(self, hidden: int = 100, lr: float = 1e-3, seed: int = 0, decay: float = 0.9) -> None:
         if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
             raise ValueError(f"baseline_hidden must be a positive int, got {hidden!r}")
         if isinstance(lr, bool) or not isinstance(lr, int | float) or not lr > 0:
             raise ValueError(f"baseline_lr must be a positive number, got {lr!r}")
         self.hidden, self.lr, self.seed = hidden, float(lr), int(seed)
+        self.average = MovingAverage(decay)
         self.net: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
     @property
     def options(self) -> dict:
-        return {"baseline_hidden": self.hidden, "baseline_lr": self.lr}
+        return {"baseline_hidden": self.hidden, "baseline_lr": self.lr, "decay": self.average.decay}
 
     def _make(self, in_features: int, dtype, device) -> None:
         with torch.random.fork_rng(devices=[]):
@@ -322,9 +327,9 @@ class Learned(ControlVariate):
         return self.net
 
     def baseline(self, x: torch.Tensor) -> torch.Tensor:
-        """``b(x)`` ``[B]`` (detached)."""
+        """``c + b(x)`` ``[B]`` (detached)."""
         with torch.no_grad():
-            return self._build(x)(x).squeeze(-1)
+            return self.average.baseline + self._build(x)(x).squeeze(-1)
 
     def terms(self, *, f, z, fz, mu, logvar, z_extra, f_extra, context) -> CVTerms:
         if context is None:
@@ -334,8 +339,10 @@ class Learned(ControlVariate):
 
     def update(self, *, fz, context) -> None:
         net = self._build(context)
+        self.average.update(fz=fz, context=context)
+        residual = fz.detach() - self.average.baseline
         with torch.enable_grad():
-            loss = ((fz.detach() - net(context).squeeze(-1)) ** 2).mean()
+            loss = ((residual - net(context).squeeze(-1)) ** 2).mean()
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -345,15 +352,18 @@ class Learned(ControlVariate):
 
     def state_dict(self) -> dict:
         if self.net is None:
-            return {}
+            return {"average": self.average.state_dict()}
         return {
+            "average": self.average.state_dict(),
             "in_features": int(self.net[0].in_features),
             "net": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if not state:
+        if "average" in state:
+            self.average.load_state_dict(state["average"])
+        if "net" not in state:
             self.net = self.optimizer = None
             return
         weight = state["net"]["0.weight"]
@@ -397,7 +407,10 @@ register("moving_average", MovingAverage)
 register("leave_one_out", LeaveOneOut)
 register("optimal", Optimal)
 register("delta", lambda delta_order=2: Delta(delta_order))
-register("learned", lambda baseline_hidden=100, baseline_lr=1e-3, seed=0: Learned(baseline_hidden, baseline_lr, seed))
+register(
+    "learned",
+    lambda baseline_hidden=100, baseline_lr=1e-3, seed=0, decay=0.9: Learned(baseline_hidden, baseline_lr, seed, decay),
+)
 
 
 def names() -> list[str]:
@@ -412,8 +425,8 @@ def make(name: str | None, **options):
         name: a registered name.
         **options: the score-function estimator's options; each factory gets the
             ones its signature accepts (``decay`` for ``moving_average``,
-            ``delta_order`` for ``delta``, ``baseline_hidden``, ``baseline_lr`` and
-            ``seed`` for ``learned``).
+            ``delta_order`` for ``delta``, ``baseline_hidden``, ``baseline_lr``,
+            ``seed`` and ``decay`` for ``learned``).
     """
     if name == "none":
         name = None

@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run")
     g.add_argument("--skip", default="", help="comma-separated parts to skip: variance,speed,train,report")
     g.add_argument("--is-k", type=int, default=None, help="importance samples for the test log-likelihood")
-    g.add_argument("--replicates", type=int, default=None, help="R estimates per variance configuration")
+    g.add_argument(
+        "--replicates",
+        type=int,
+        default=None,
+        help="R estimates per variance configuration (default: chosen by a pilot, at most 64)",
+    )
 
 
 def plan(args: argparse.Namespace) -> dict:

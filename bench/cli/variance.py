@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bench.cli import options as opt
-from bench.measure.variance import TOYS, VarianceConfig, configs, summary, variance_benchmark
+from bench.measure.variance import PILOT_REPLICATES, TOYS, VarianceConfig, configs, summary, variance_benchmark
 
 EXAMPLES = """examples:
   elbobench variance --quick
@@ -20,7 +20,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     opt.add_common(parser)
     g = parser.add_argument_group("variance")
     g.add_argument("--num-samples", default="1", help="comma-separated S values (default 1)")
-    g.add_argument("--replicates", type=int, default=None, help="R estimates per configuration (default 64; >= 2)")
+    g.add_argument(
+        "--replicates",
+        type=int,
+        default=None,
+        help="R estimates per configuration (>= 2); default: chosen per configuration by a pilot so that a "
+        "relative bias of --target-rel-bias is detectable, at most --max-replicates",
+    )
+    g.add_argument("--max-replicates", type=opt.positive_int, default=1024, help="the cap on a chosen R (default 1024)")
+    g.add_argument(
+        "--target-rel-bias",
+        type=opt.positive_float,
+        default=0.1,
+        help="relative bias a chosen R should detect (one-sided 5%%, power 80%%; default 0.1)",
+    )
+    g.add_argument(
+        "--train-estimator",
+        default="reparam",
+        help="the estimator that trains the model to the train points (default reparam)",
+    )
     g.add_argument("--train-points", default=None, help="comma-separated training steps to measure at (default 0,200)")
     g.add_argument("--batch-size", type=opt.positive_int, default=32, help="examples in the fixed batch (default 32)")
     g.add_argument("--toy-dim", type=opt.positive_int, default=16, help="dimension of the Gaussian toys")
@@ -38,9 +56,12 @@ def _validate_problems(names: list[str]) -> list[str]:
 
 
 def grid_from_args(args: argparse.Namespace, common: dict) -> list[VarianceConfig]:
-    replicates = args.replicates if args.replicates is not None else 64
-    if replicates < 2:
+    replicates = args.replicates
+    if replicates is not None and replicates < 2:
         raise opt.OptionError(f"--replicates: got {replicates}; expected an integer >= 2")
+    if args.max_replicates < PILOT_REPLICATES:
+        raise opt.OptionError(f"--max-replicates: got {args.max_replicates}; expected at least {PILOT_REPLICATES}")
+    opt.validate_estimators([args.train_estimator], "--train-estimator")
     points = opt.parse_ints(args.train_points or ("0,200" if args.quick else "0"), "--train-points", minimum=0)
     if args.steps is not None and args.train_points is None:
         points = [0, args.steps]
@@ -58,6 +79,9 @@ def grid_from_args(args: argparse.Namespace, common: dict) -> list[VarianceConfi
         bootstrap=args.bootstrap,
         model=common["model"],
         threads=common["threads"],
+        max_replicates=args.max_replicates,
+        target_rel_bias=args.target_rel_bias,
+        train_estimator=args.train_estimator,
     )
 
 

@@ -6,25 +6,33 @@ independent gradient estimates ``g_1..g_R`` (each with S samples) in one batched
 call (:func:`estimators.per_sample_grads`, or a replicated surrogate for the toys)
 and reports, over all parameters and split into encoder and decoder:
 
-* ``total_variance`` (and ``encoder_variance``/``decoder_variance``): the trace of the gradient covariance,
-  ``tr Var[g] ~= 1/(R-1) sum_r ||g_r - gbar||^2``, with a percentile bootstrap CI
-  over the R rows (``ci_low``/``ci_high``, 95 %; each replicate rescaled by R/(R-1),
-  the bootstrap bias of a sample variance with ties; computed from the R x R Gram
-  matrix, so each bootstrap replicate costs O(R^2));
-* ``snr``: the mean over parameter elements of ``|gbar_i| / sd_i`` (the signal-to-noise
-  ratio of Rainforth et al. 2018, "Tighter variational bounds are not necessarily
-  better", averaged over elements with ``sd_i > 0``);
+* ``total_variance`` (and ``encoder_variance``/``decoder_variance``): the trace of the
+  gradient covariance with a bootstrap interval (``ci_low``/``ci_high``, 95 %);
+* ``snr``: the mean over parameter elements of ``|gbar_i| / sd_i`` (Rainforth et al.
+  2018), with its interval (``snr_ci_low``/``snr_ci_high`` rows and columns);
 * cost-normalised variance (Mohamed et al. 2020, JMLR, sec. 8: compare estimators at
   equal cost): ``variance_x_seconds`` = variance x seconds per estimate, and
-  ``variance_x_evals`` = variance x model evaluations per estimate (S, times the
-  estimator's evaluations per sample);
-* against a ground truth ``g*``: ``bias_sq = ||gbar - g*||^2 - tr Var[g] / R``, an
-  unbiased estimate of the squared bias ``||E g - g*||^2`` (it can be slightly
-  negative for an unbiased estimator), ``rel_bias = sqrt(max(bias_sq, 0)) / ||g*||``,
-  ``bias = sqrt(max(bias_sq, 0))``, and ``cosine = <gbar, g*> / (||gbar|| ||g*||)``. The truth is exact for ``ppca``
-  (closed-form ELBO gradient, :mod:`bench.problems.ppca`) and the Gaussian toys; for an MLP VAE
-  it is a high-sample reference: the mean of many ``reparam`` estimates (``iwae`` at
-  the same K for the multi-sample bounds, whose objective is the K-sample bound).
+  ``variance_x_evals`` = variance x model evaluations per estimate;
+* against a ground truth ``g*``: ``bias_sq`` (unbiased for ``||E g - g*||^2``, so it can
+  be slightly negative for an unbiased estimator) and ``bias`` with 95% intervals
+  whose low end is 0 when the data are consistent with no bias (``bias_ci_low``/
+  ``bias_ci_high`` rows too), ``bias_p_value`` (one-sided, ``bias_sq = 0``),
+  ``bias_mde`` (the smallest relative bias detectable at 80% power with the R used),
+  ``rel_bias`` and ``cosine`` with its interval. The standard errors count the
+  reference's own noise. Formulas and citations: :mod:`bench.measure.gradstats`.
+  The truth is exact for ``ppca`` (closed-form ELBO gradient,
+  :mod:`bench.problems.ppca`) and the Gaussian toys; for an MLP VAE it is a
+  high-sample reference: the mean of many ``reparam`` estimates (``iwae`` at the
+  same K for the multi-sample bounds, whose objective is the K-sample bound);
+* ``replicates``: the R used, chosen by a pilot unless given
+  (:func:`_choose_replicates`), and ``replicates_capped`` (1 where the budget's cap
+  bound it).
+
+Every configuration at a train point measures the same parameters: the model is
+trained to the train points by one common estimator (``train_estimator``, default
+``reparam``), and a stateful control variate (moving average, learned baseline)
+updates on every step of that trajectory, as NVIL's baseline trains alongside the
+model (Mnih & Gregor 2014), so at train point t it is in its state at step t.
 
 Gaussian toys (:mod:`bench.problems.toys`: ``est.surrogate`` of a Gaussian
 expectation with an exact gradient) are batched by
@@ -44,6 +52,7 @@ import torch
 
 import estimators as estimators_mod
 import kernels
+from bench.measure.gradstats import gradient_stats
 from bench.measure.timing import time_call
 from bench.problems import datasets as ds_mod
 from bench.problems import models as models_mod
@@ -60,6 +69,12 @@ __all__ = [
 ]
 
 
+#: Estimates of the pilot that chooses R (``VarianceConfig.replicates=None``).
+PILOT_REPLICATES = 16
+#: Groups of the Monte Carlo reference gradient: their spread gives its own noise.
+REFERENCE_GROUPS = 32
+
+
 @dataclass(frozen=True)
 class VarianceConfig:
     """One variance measurement.
@@ -68,8 +83,17 @@ class VarianceConfig:
         problem: a dataset name (a VAE on it) or a toy from :data:`TOYS`.
         estimator, control_variate, backend: what is measured.
         num_samples: S, samples per estimate (K for the multi-sample bounds).
-        replicates: R, independent estimates.
-        train_step: the point of training (steps of reparam + Adam from the seeded init).
+        replicates: R, independent estimates; None chooses R from a pilot of
+            :data:`PILOT_REPLICATES` estimates so that a relative bias of
+            ``target_rel_bias`` is detectable (:func:`bench.measure.gradstats.replicates_for_bias`),
+            at most ``max_replicates``.
+        max_replicates: the cap on the chosen R (the run's budget).
+        target_rel_bias: the relative bias the chosen R should detect (one-sided 5%, power 80%).
+        train_step: the point of training: steps of ``train_estimator`` + Adam(1e-3) from the
+            seeded init, on the torch backend. Every configuration at a train point measures
+            the same parameters, and a stateful control variate (moving average, learned
+            baseline) has updated on every step of that trajectory, as in training.
+        train_estimator: the one estimator that trains the model to the train points.
         seed: seeds the model, the batch and the estimates.
         batch_size: examples in the fixed batch x (VAE problems).
         toy_dim: D of the toys.
@@ -79,10 +103,8 @@ class VarianceConfig:
             the VAE problems.
         threads: torch and numba threads the configuration runs with (None: the
             process's); reduction order depends on them, so they are part of it.
-        cv_warmup: estimates made (with state updates, without moving the model) before
-            measuring a stateful control variate (``moving_average``, ``learned``), so
-            its state is not the untrained initial one; the snapshots themselves are
-            trained with ``reparam``.
+        cv_warmup: on the Gaussian toys (no training), estimates a stateful control
+            variate makes, updating its state, before it is measured.
     """
 
     problem: str = "digits"
@@ -90,7 +112,7 @@ class VarianceConfig:
     control_variate: str = "none"
     backend: str = "torch"
     num_samples: int = 1
-    replicates: int = 64
+    replicates: int | None = None
     train_step: int = 0
     seed: int = 0
     batch_size: int = 32
@@ -100,14 +122,23 @@ class VarianceConfig:
     cv_warmup: int = 200
     model: str = "default"
     threads: int | None = None
+    max_replicates: int = 1024
+    target_rel_bias: float = 0.1
+    train_estimator: str = "reparam"
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "batch_size", "toy_dim", "bootstrap"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"VarianceConfig.{name} must be a positive int, got {v!r}")
-        if isinstance(self.replicates, bool) or not isinstance(self.replicates, int) or self.replicates < 2:
-            raise ValueError(f"VarianceConfig.replicates must be an int >= 2, got {self.replicates!r}")
+        r = self.replicates
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 2):
+            raise ValueError(f"VarianceConfig.replicates must be None (chosen by a pilot) or an int >= 2, got {r!r}")
+        m = self.max_replicates
+        if isinstance(m, bool) or not isinstance(m, int) or m < PILOT_REPLICATES:
+            raise ValueError(f"VarianceConfig.max_replicates must be an int >= {PILOT_REPLICATES}, got {m!r}")
+        if not (isinstance(self.target_rel_bias, int | float) and 0 < self.target_rel_bias < math.inf):
+            raise ValueError(f"VarianceConfig.target_rel_bias must be a positive number, got {self.target_rel_bias!r}")
         if self.train_step < 0:
             raise ValueError(f"VarianceConfig.train_step must be >= 0, got {self.train_step!r}")
         if self.model not in models_mod.available():
@@ -124,6 +155,10 @@ class VarianceConfig:
             del d["model"]
         if d["threads"] is None:
             del d["threads"]
+        if d["replicates"] is not None:  # a given R: the pilot's settings do not apply
+            del d["max_replicates"], d["target_rel_bias"]
+        if d["train_estimator"] == "reparam":
+            del d["train_estimator"]
         return {"benchmark": "variance", **d}
 
 
@@ -132,66 +167,6 @@ def _flatten(grads: dict[str, torch.Tensor], names: Sequence[str]) -> torch.Tens
     if not names:
         return torch.zeros(0)
     return torch.cat([grads[n].reshape(grads[n].shape[0], -1).double() for n in names], dim=1)
-
-
-def gradient_stats(
-    g: torch.Tensor, truth: torch.Tensor | None = None, *, bootstrap: int = 200, seed: int = 0
-) -> dict[str, float]:
-    """Variance, SNR, bias and cosine of R estimates ``g [R, P]`` (float64 math).
-
-    Args:
-        g: ``[R, P]`` one flattened gradient estimate per row.
-        truth: ``[P]`` ground-truth gradient, or None.
-        bootstrap: percentile-bootstrap replicates for the variance CI (0: no CI).
-        seed: seed of the bootstrap resampling.
-
-    Returns:
-        ``{"total_variance", "ci_low", "ci_high", "snr", "grad_norm_sq"}`` plus
-        ``{"bias_sq", "rel_bias", "cosine"}`` when ``truth`` is given. Formulas in the
-        module docstring.
-    """
-    g = g.double()
-    r, p = g.shape
-    if r < 2:
-        raise ValueError(f"need at least 2 estimates to measure a variance, got {r}")
-    mean = g.mean(0)
-    var_el = g.var(0, unbiased=True)  # [P]
-    total = float(var_el.sum())
-    sd = var_el.sqrt()
-    nz = sd > 0
-    snr = float((mean[nz].abs() / sd[nz]).mean()) if bool(nz.any()) else math.inf
-    out = {
-        "total_variance": total,
-        "snr": snr,
-        "grad_norm_sq": float(mean @ mean),
-        "ci_low": math.nan,
-        "ci_high": math.nan,
-    }
-    if bootstrap > 0 and p > 0:
-        gram = g @ g.T  # [R, R]
-        gen = torch.Generator().manual_seed(int(seed))
-        idx = torch.randint(0, r, (bootstrap, r), generator=gen)
-        w = torch.zeros(bootstrap, r, dtype=torch.float64).scatter_add_(
-            1, idx, torch.ones(bootstrap, r, dtype=torch.float64)
-        )
-        quad = ((w @ gram) * w).sum(1)
-        # the sample variance of a resample with ties is biased by (R-1)/R under the bootstrap
-        # distribution (E*[s*^2] = (R-1)/R s^2); rescale so the replicates centre on the estimate
-        boot = (w @ gram.diagonal() - quad / r) / (r - 1) * (r / (r - 1))
-        lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-        out["ci_low"], out["ci_high"] = lo, hi
-    if truth is not None:
-        t = truth.double().reshape(-1)
-        if t.numel() != p:
-            raise ValueError(f"truth has {t.numel()} elements but the estimates have {p}")
-        diff = mean - t
-        bias_sq = float(diff @ diff) - total / r
-        tn = float(t.norm())
-        out["bias_sq"] = bias_sq
-        out["rel_bias"] = math.sqrt(max(bias_sq, 0.0)) / tn if tn > 0 else math.nan
-        denom = float(mean.norm()) * tn
-        out["cosine"] = float(mean @ t) / denom if denom > 0 else math.nan
-    return out
 
 
 # --------------------------------------------------------------------------- toys
@@ -206,8 +181,39 @@ def toy_per_sample_grads(est, f, mu, logvar, replicates: int, num_samples: int, 
 
 
 # --------------------------------------------------------------------------- VAE problems
-def _snapshots(dataset, steps: Sequence[int], seed: int, batch_size: int = 100, model: str = "default"):
-    """Model states after each of ``steps`` steps of reparam + Adam(1e-3) on the torch backend."""
+def _trajectory_config(dataset, last: int, seed: int, batch_size: int, model: str, estimator: str):
+    """The training run behind the train points: ``estimator`` + Adam(1e-3), torch backend, no evaluations."""
+    from bench.measure import train as train_mod
+
+    return train_mod.TrainConfig(
+        dataset=dataset.name,
+        estimator=estimator,
+        backend="torch",
+        model=model,
+        seed=seed,
+        steps=max(1, last),
+        batch_size=min(batch_size, dataset.train.shape[0]),
+        eval_every=max(1, last),
+        is_k=0,
+        checkpoint_every=0,
+    )
+
+
+def _snapshots(
+    dataset,
+    steps: Sequence[int],
+    seed: int,
+    batch_size: int = 100,
+    model: str = "default",
+    estimator: str = "reparam",
+    along=None,
+):
+    """Model states after each of ``steps`` steps of the common training run (:func:`_trajectory_config`).
+
+    ``along(model, x, step)``, when given, is called before every step with the
+    model as it is then and the step's batch: a stateful control variate updates
+    along the trajectory this way, as it would in training.
+    """
     from bench.measure import train as train_mod
 
     steps = sorted(set(int(s) for s in steps))
@@ -215,25 +221,31 @@ def _snapshots(dataset, steps: Sequence[int], seed: int, batch_size: int = 100, 
     states = {0: {k: v.clone() for k, v in model0.state_dict().items()}}
     last = max(steps)
     if last > 0:
-        cfg = train_mod.TrainConfig(
-            dataset=dataset.name,
-            estimator="reparam",
-            backend="torch",
-            model=model,
-            seed=seed,
-            steps=last,
-            batch_size=min(batch_size, dataset.train.shape[0]),
-            eval_every=last,
-            is_k=0,
-            checkpoint_every=0,
-        )
+        cfg = _trajectory_config(dataset, last, seed, batch_size, model, estimator)
+        batches = dataset.batches(cfg.batch_size, seed=cfg.seed) if along is not None else None
+        if along is not None:
+            along(model0, next(batches), 0)
 
         def grab(step, model):
             if step in steps:
                 states[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if along is not None and step < last:
+                along(model, next(batches), step)
 
         train_mod.train(cfg, dataset=dataset, on_step=grab)
     return {s: states[s] for s in steps}
+
+
+def _update_along_trajectory(cfg: VarianceConfig, est, dataset) -> None:
+    """Put a stateful control variate in its state at ``cfg.train_step``: one update per training step."""
+    if cfg.train_step == 0:
+        return
+
+    def along(model, x, step):
+        with kernels.use_backend(cfg.backend):
+            est.vae_loss(model, x, num_samples=cfg.num_samples, seed=50_000 + step)  # updates the state only
+
+    _snapshots(dataset, [cfg.train_step], cfg.seed, model=cfg.model, estimator=cfg.train_estimator, along=along)
 
 
 def _fixed_batch(dataset, batch_size: int, seed: int) -> torch.Tensor:
@@ -410,14 +422,14 @@ def _problem(cfg: VarianceConfig, ctx: dict):
     if dkey not in ctx:
         ctx[dkey] = ds_mod.load(cfg.problem, seed=cfg.data_seed, binarize="dynamic")
     dataset = ctx[dkey]
-    skey = ("snap", cfg.problem, cfg.seed, cfg.model)
+    skey = ("snap", cfg.problem, cfg.seed, cfg.model, cfg.train_estimator)
     if skey not in ctx:
         ctx[skey] = {}
     snaps = ctx[skey]
     if cfg.train_step not in snaps:
         # train once to the largest step asked so far for this problem
         wanted = sorted({cfg.train_step, *snaps})
-        snaps.update(_snapshots(dataset, wanted, cfg.seed, model=cfg.model))
+        snaps.update(_snapshots(dataset, wanted, cfg.seed, model=cfg.model, estimator=cfg.train_estimator))
     model = models_mod.build_model(dataset, model=cfg.model, seed=cfg.seed)
     model.load_state_dict(snaps[cfg.train_step])
     x = _fixed_batch(dataset, min(cfg.batch_size, dataset.train.shape[0]), cfg.seed)
@@ -438,18 +450,24 @@ def _reference_key(cfg: VarianceConfig, n_estimates: int) -> dict:
         "multi": multi,
         "k": cfg.num_samples if multi else 1,
         "estimates": n_estimates,
+        "groups": REFERENCE_GROUPS,
         "threads": cfg.threads,
+        "train_estimator": cfg.train_estimator,
     }
 
 
 def _reference(
     cfg: VarianceConfig, ctx: dict, dataset, model, x, names, n_estimates: int, run_dir=None
-) -> torch.Tensor | None:
-    """Ground-truth gradient for a VAE problem (exact for ppca, high-sample otherwise).
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Ground-truth gradient of a VAE problem and its noise: ``(truth [P], groups [G, P] or None)``.
 
-    A high-sample reference is kept in ``<run_dir>/references/<hash>.pt`` when there
-    is a run directory, so the workers of a sweep compute each one once
-    (:func:`reference_tasks` computes them before the variance tasks run).
+    Exact for ppca (closed form; no groups). Otherwise the mean of ``n_estimates``
+    reparameterized samples (``iwae`` at the same K for the multi-sample bounds, whose
+    objective is the K-sample bound), kept as :data:`REFERENCE_GROUPS` group means
+    whose spread :func:`bench.measure.gradstats.gradient_stats` counts as the
+    reference's own noise. A Monte Carlo reference is kept in
+    ``<run_dir>/references/<hash>.pt`` when there is a run directory, so the workers of
+    a sweep compute each one once (:func:`variance_tasks` computes them first).
     """
     import estimators
     from bench.results import config_hash, load_checkpoint, save_checkpoint
@@ -460,32 +478,59 @@ def _reference(
     if rkey in ctx:
         return ctx[rkey]
     path = Path(run_dir) / "references" / f"{rkey[1]}.pt" if run_dir is not None else None
-    ref = None
+    ref = groups = None
     if dataset.likelihood == "gaussian" and not (multi and k > 1):
         exact = getattr(model, "exact_loss_grads", None)  # bench.problems.ppca.LinearGaussianVAE: closed form
         if callable(exact):
             g = exact(x)
             ref = torch.cat([g[n].reshape(-1).double() for n in names])
     if ref is None and path is not None and path.exists():
-        ref = load_checkpoint(path)["gradient"]
+        state = load_checkpoint(path)
+        ref, groups = state["gradient"], state["groups"]
     if ref is None:
         est = estimators.get("iwae" if multi else "reparam")
         s = k if multi else 64
-        reps = max(2, n_estimates // s)  # n_estimates samples in all, whatever K is
+        reps = max(REFERENCE_GROUPS, n_estimates // s)  # n_estimates samples in all, whatever K is
+        sums = None
         with kernels.use_backend("torch"):
-            total, done = None, 0
-            chunk = 256
+            done, chunk = 0, 256
             while done < reps:
                 rr = min(chunk, reps - done)
-                g = estimators.per_sample_grads(est, model, x, rr, num_samples=s, seed=10_000 + done)
-                flat = _flatten(g, names).sum(0)
-                total = flat if total is None else total + flat
+                g = _flatten(estimators.per_sample_grads(est, model, x, rr, num_samples=s, seed=10_000 + done), names)
+                part = torch.zeros(REFERENCE_GROUPS, g.shape[1], dtype=torch.float64)
+                part.index_add_(0, (torch.arange(done, done + rr) % REFERENCE_GROUPS), g)  # replicate j -> group j % G
+                sums = part if sums is None else sums + part
                 done += rr
-        ref = total / reps
+        counts = torch.bincount(torch.arange(reps) % REFERENCE_GROUPS, minlength=REFERENCE_GROUPS).double()
+        groups = sums / counts[:, None]
+        ref = sums.sum(0) / reps
         if path is not None:
-            save_checkpoint({"gradient": ref, "key": spec}, path)
-    ctx[rkey] = ref
-    return ref
+            save_checkpoint({"gradient": ref, "groups": groups, "key": spec}, path)
+    ctx[rkey] = (ref, groups)
+    return ref, groups
+
+
+def _choose_replicates(cfg: VarianceConfig, pilot: torch.Tensor, truth: torch.Tensor | None) -> tuple[int, bool]:
+    """``(R, capped)`` from a pilot ``[PILOT_REPLICATES, P]``: enough to detect ``target_rel_bias``.
+
+    The rule (:func:`bench.measure.gradstats.replicates_for_bias`): with
+    ``se0 ~= sqrt(2 tr(Var^2)) / R``, a one-sided 5% test has 80% power against a
+    relative bias rho when ``R = 2.487 sqrt(2 tr(Var^2)) / (rho^2 ||g*||^2)``; R is at
+    least the pilot's size and at most ``max_replicates`` (``capped`` when that binds).
+    Without a truth, R is the pilot's size times four, capped.
+    """
+    from bench.measure.gradstats import gradient_stats, replicates_for_bias
+
+    st = gradient_stats(pilot, bootstrap=0)
+    if truth is None:
+        want = 4.0 * PILOT_REPLICATES
+    else:
+        t = truth.double()
+        want = replicates_for_bias(st["tr_var_sq"], float(t @ t), cfg.target_rel_bias)
+        if not math.isfinite(want):
+            want = float(cfg.max_replicates)
+    r = max(PILOT_REPLICATES, math.ceil(want))
+    return min(r, cfg.max_replicates), r > cfg.max_replicates
 
 
 def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: int, run_dir=None) -> list[Result]:
@@ -505,101 +550,124 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
     wkey = (cfg.problem, cfg.estimator, cfg.control_variate, cfg.backend)
     warm = wkey not in warmed
     warmed.add(wkey)
+    groups_ref = None
     if cfg.problem in TOYS:
         f, mu, logvar, exact = toy_problem(cfg.problem, cfg.toy_dim, cfg.seed)
         with kernels.use_backend(cfg.backend):
             if est.stateful:
                 for i in range(cfg.cv_warmup):
                     est.surrogate(f, mu, logvar, cfg.num_samples, seed=50_000 + i)
-            grads, secs = _timed(
-                lambda: toy_per_sample_grads(est, f, mu, logvar, cfg.replicates, cfg.num_samples, cfg.seed), warm
-            )
+
+        def estimates(r):
+            with kernels.use_backend(cfg.backend):
+                return toy_per_sample_grads(est, f, mu, logvar, r, cfg.num_samples, cfg.seed)
+
         groups = {"total": ["mu", "logvar"], "mu": ["mu"], "logvar": ["logvar"]}
         latent_dim = cfg.toy_dim
         truth_all = torch.cat([exact["mu"], exact["logvar"]])
         truths = {"total": truth_all, "mu": exact["mu"], "logvar": exact["logvar"]}
+        parts_of = {"total": ["mu", "logvar"], "mu": ["mu"], "logvar": ["logvar"]}
+        sizes = {"mu": cfg.toy_dim, "logvar": cfg.toy_dim}
     else:
         dataset, model, x = _problem(cfg, ctx)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         split = models_mod.encoder_decoder_split(names)
-        with kernels.use_backend(cfg.backend):
-            if est.stateful and cfg.cv_warmup:
-                it = dataset.batches(x.shape[0], seed=cfg.seed + 99)
-                for i in range(cfg.cv_warmup):
-                    est.vae_loss(model, next(it), num_samples=cfg.num_samples, seed=50_000 + i)  # updates the CV only
-            grads, secs = _timed(
-                lambda: estimators.per_sample_grads(
-                    est, model, x, cfg.replicates, num_samples=cfg.num_samples, seed=cfg.seed
-                ),
-                warm,
-            )
-        ref = _reference(cfg, ctx, dataset, model, x, names, reference_estimates, run_dir)
+        if est.stateful:
+            _update_along_trajectory(cfg, est, dataset)
+
+        def estimates(r):
+            with kernels.use_backend(cfg.backend):
+                return estimators.per_sample_grads(est, model, x, r, num_samples=cfg.num_samples, seed=cfg.seed)
+
+        ref, groups_ref = _reference(cfg, ctx, dataset, model, x, names, reference_estimates, run_dir)
         groups = {"total": names, "encoder": split["encoder"], "decoder": split["decoder"]}
         with torch.no_grad():
             latent_dim = int(model.encode(x[:1])[0].shape[-1])
         truths = {"total": ref}
-        if ref is not None:
-            sizes = [grads[n][0].numel() for n in names]
-            parts = dict(zip(names, torch.split(ref, sizes), strict=True))
-            truths["encoder"] = torch.cat([parts[n] for n in split["encoder"]]) if split["encoder"] else None
-            truths["decoder"] = torch.cat([parts[n] for n in split["decoder"]]) if split["decoder"] else None
-    sec_per = secs / cfg.replicates
+        parts_of = {"total": names, "encoder": split["encoder"], "decoder": split["decoder"]}
+        sizes = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    replicates, capped = cfg.replicates, False
+    if replicates is None:  # a pilot chooses R (it also compiles what the timed call runs)
+        pilot = _flatten(estimates(PILOT_REPLICATES), groups["total"])
+        replicates, capped = _choose_replicates(cfg, pilot, truths.get("total"))
+        warm = False
+    grads, secs = _timed(lambda: estimates(replicates), warm)
+    # the truth (and the reference's groups) split like the estimates: by parameter group
+    order = groups["total"]
+    offsets, pos = {}, 0
+    for n in order:
+        offsets[n] = (pos, pos + sizes[n])
+        pos += sizes[n]
+
+    def split_by(vec, group):
+        if vec is None or not parts_of.get(group):
+            return None
+        return torch.cat([vec[..., offsets[n][0] : offsets[n][1]] for n in parts_of[group]], dim=-1)
+
+    for group in groups:
+        if group not in truths:
+            truths[group] = split_by(truths["total"], group)
+    sec_per = secs / replicates
     evals = float(est.evaluations(cfg.num_samples, latent_dim))
     key = cfg.key()
     rows = [
         make_result(key, **common, metric="seconds_per_estimate", unit="s", value=sec_per),
         make_result(key, **common, metric="evals_per_estimate", unit="evals", value=evals),
+        make_result(key, **common, metric="replicates", unit="estimates", value=float(replicates)),
+        make_result(key, **common, metric="replicates_capped", unit="", value=float(capped)),
     ]
     for group, names_g in groups.items():
         if not names_g:
             continue
         g = _flatten(grads, names_g)
-        st = gradient_stats(g, truths.get(group), bootstrap=cfg.bootstrap, seed=cfg.seed)
-        prefix = "" if group == "total" else f"{group}_"
-        v = st["total_variance"]
-        rows.append(
-            make_result(
-                key,
-                **common,
-                metric=f"{prefix}variance" if prefix else "total_variance",
-                unit="grad^2",
-                value=v,
-                ci_low=st["ci_low"],
-                ci_high=st["ci_high"],
-            )
+        st = gradient_stats(
+            g, truths.get(group), truth_groups=split_by(groups_ref, group), bootstrap=cfg.bootstrap, seed=cfg.seed
         )
-        rows.append(make_result(key, **common, metric=f"{prefix}snr", unit="", value=st["snr"]))
-        if group == "total":
-            lo, hi = st["ci_low"], st["ci_high"]
-            rows.append(
-                make_result(
-                    key,
-                    **common,
-                    metric="variance_x_seconds",
-                    unit="grad^2*s",
-                    value=v * sec_per,
-                    ci_low=lo * sec_per,
-                    ci_high=hi * sec_per,
-                )
-            )
-            rows.append(
-                make_result(
-                    key,
-                    **common,
-                    metric="variance_x_evals",
-                    unit="grad^2*evals",
-                    value=v * evals,
-                    ci_low=lo * evals,
-                    ci_high=hi * evals,
-                )
-            )
-            rows.append(make_result(key, **common, metric="grad_norm_sq", unit="grad^2", value=st["grad_norm_sq"]))
-        if "bias_sq" in st:
-            rows.append(make_result(key, **common, metric=f"{prefix}bias_sq", unit="grad^2", value=st["bias_sq"]))
-            bias = math.sqrt(max(st["bias_sq"], 0.0))
-            rows.append(make_result(key, **common, metric=f"{prefix}bias", unit="grad", value=bias))
-            rows.append(make_result(key, **common, metric=f"{prefix}rel_bias", unit="", value=st["rel_bias"]))
-            rows.append(make_result(key, **common, metric=f"{prefix}cosine", unit="", value=st["cosine"]))
+        rows += _stat_rows(key, common, group, st, sec_per, evals)
+    return rows
+
+
+def _stat_rows(key: dict, common: dict, group: str, st: dict, sec_per: float, evals: float) -> list[Result]:
+    """The result rows of one parameter group's :func:`gradient_stats`, each estimate with its interval."""
+    prefix = "" if group == "total" else f"{group}_"
+
+    def row(metric, value, unit="", lo=math.nan, hi=math.nan):
+        return make_result(key, **common, metric=f"{prefix}{metric}", unit=unit, value=value, ci_low=lo, ci_high=hi)
+
+    v, lo, hi = st["total_variance"], st["ci_low"], st["ci_high"]
+    rows = [
+        make_result(
+            key,
+            **common,
+            metric=f"{prefix}variance" if prefix else "total_variance",
+            unit="grad^2",
+            value=v,
+            ci_low=lo,
+            ci_high=hi,
+        ),  # fmt: skip
+        row("snr", st["snr"], "", st["snr_ci_low"], st["snr_ci_high"]),
+        row("snr_ci_low", st["snr_ci_low"]),
+        row("snr_ci_high", st["snr_ci_high"]),
+    ]
+    if group == "total":
+        rows += [
+            row("variance_x_seconds", v * sec_per, "grad^2*s", lo * sec_per, hi * sec_per),
+            row("variance_x_evals", v * evals, "grad^2*evals", lo * evals, hi * evals),
+            row("grad_norm_sq", st["grad_norm_sq"], "grad^2"),
+        ]
+    if "bias_sq" in st:
+        rows += [
+            row("bias_sq", st["bias_sq"], "grad^2", st["bias_sq_ci_low"], st["bias_sq_ci_high"]),
+            row("bias", st["bias"], "grad", st["bias_ci_low"], st["bias_ci_high"]),
+            row("bias_ci_low", st["bias_ci_low"], "grad"),
+            row("bias_ci_high", st["bias_ci_high"], "grad"),
+            row("bias_p_value", st["bias_p_value"]),
+            row("bias_mde", st["bias_mde"]),
+            row("rel_bias", st["rel_bias"]),
+            row("cosine", st["cosine"], "", st["cosine_ci_low"], st["cosine_ci_high"]),
+            row("cosine_ci_low", st["cosine_ci_low"]),
+            row("cosine_ci_high", st["cosine_ci_high"]),
+        ]
     return rows
 
 

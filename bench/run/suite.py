@@ -36,7 +36,8 @@ from bench.run.tasks import run_tasks
 #: The quick preset: small enough for a 2-core CPU in under 5 minutes.
 QUICK = {
     "variance_points": (0, 100),
-    "variance_replicates": 32,
+    "variance_max_replicates": 64,  # the cap on the R a pilot chooses per configuration
+    "variance_target_rel_bias": 0.2,  # the relative bias that R should detect
     "variance_batch": 32,
     "cv_warmup": 50,
     "train_steps": 300,
@@ -79,7 +80,8 @@ def build_plan(
         train_estimators, train_control_variates: the convergence grid's.
         steps: training steps (default the quick preset's); the variance grid is
             measured at step 0 and at ``min(100, steps)``.
-        replicates: R per variance configuration (default the quick preset's).
+        replicates: R per variance configuration (default: chosen by a pilot, at most the
+            quick preset's cap).
         is_k: importance samples of the test log-likelihood (default 100).
         model: a registered model, for the variance and convergence grids.
         threads: torch and numba threads of every configuration (None: the process's).
@@ -93,8 +95,7 @@ def build_plan(
     bad = set(skip) - set(PARTS)
     if bad:
         raise ValueError(f"skip: unknown part {sorted(bad)[0]!r}; expected some of {list(PARTS)}")
-    replicates = replicates if replicates is not None else QUICK["variance_replicates"]
-    if replicates < 2:
+    if replicates is not None and replicates < 2:
         raise ValueError(f"replicates: got {replicates}; expected an integer >= 2")
     if is_k is not None and is_k < 0:
         raise ValueError(f"is_k: got {is_k}; expected a non-negative integer")
@@ -108,6 +109,8 @@ def build_plan(
         train_steps=sorted({0, min(QUICK["variance_points"][1], steps)}),
         seeds=seeds[:1],
         replicates=replicates,
+        max_replicates=QUICK["variance_max_replicates"],
+        target_rel_bias=QUICK["variance_target_rel_bias"],
         batch_size=QUICK["variance_batch"],
         cv_warmup=QUICK["cv_warmup"],
         model=model,
