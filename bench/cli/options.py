@@ -237,7 +237,11 @@ def add_common(parser: argparse.ArgumentParser, *, datasets_default: str = "digi
     )
     g.add_argument("--backends", default=None, help="comma-separated kernel backends (default numba,torch)")
     g.add_argument("--model", default="default", help="a registered model (default: the dataset's default)")
-    g.add_argument("--seeds", default="0", help="comma-separated seeds or ranges, e.g. 0,1,2 or 0-4 (default 0)")
+    g.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds or ranges, e.g. 0,1,2 or 0-4 (default 0; `run --quick` trains 0,1)",
+    )
     g.add_argument("--steps", type=positive_int, default=None, help="training steps (per configuration)")
     g.add_argument("--out", default=None, help="run directory (default reports/<UTC timestamp>-<git hash>/)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out, skipping finished configurations")
@@ -378,7 +382,7 @@ def resolve_common(args: argparse.Namespace, *, default_estimators: str, need_ou
             parse_list(args.control_variates or "none,leave_one_out", "--control-variates")
         ),
         "backends": validate_backends(parse_list(args.backends or default_backends(), "--backends")),
-        "seeds": parse_ints(args.seeds, "--seeds", minimum=0),
+        "seeds": parse_ints(args.seeds or "0", "--seeds", minimum=0),
         "model": validate_model(getattr(args, "model", "default")),
     }
     out.update(resolve_execution(args))

@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-svg", action="store_true", help="write PNG figures only")
     parser.add_argument(
+        "--ratio-reference",
+        default="reparam",
+        help="the estimator the variance-ratio table compares with (default reparam)",
+    )
+    parser.add_argument(
         "--fail-on-regression",
         action="store_true",
         help="exit with status 1 when a comparison flags a regression (for CI)",
@@ -62,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
             formats=formats,
             threshold=args.threshold,
             svg=not args.no_svg,
+            ratio_reference=args.ratio_reference,
         )
     except ReportError as exc:
         print(f"elbobench report: error: {exc}", file=sys.stderr)

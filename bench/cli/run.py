@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--replicates",
         type=int,
         default=None,
-        help="R estimates per variance configuration (default: chosen by a pilot, at most 64)",
+        help="R estimates per variance configuration (default: chosen by a pilot, at most 32)",
     )
 
 
@@ -57,12 +57,20 @@ def plan(args: argparse.Namespace) -> dict:
     else:
         train_est = [e for e in train_mod.QUICK_ESTIMATORS if e in all_est]
         train_cv = ["none", "leave_one_out"]
+    seeds = common["seeds"]
+    if args.quick and args.seeds is None:
+        seeds = list(suite.QUICK["train_seeds"])
+    if args.quick and args.workers is None and args.scheduler is None and args.executor == "local":
+        from bench.run.executors import default_threads
+
+        workers = min(suite.QUICK["workers"], default_threads(1))  # as many as there are cores, up to two
+        common.update(workers=workers, threads=args.threads or default_threads(workers))
     p = suite.build_plan(
         dataset=common["datasets"][0],
         estimators=common["estimators"],
         control_variates=common["control_variates"],
         backends=common["backends"],
-        seeds=common["seeds"],
+        seeds=seeds,
         train_estimators=train_est,
         train_control_variates=train_cv,
         steps=args.steps,

@@ -616,6 +616,7 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
         make_result(key, **common, metric="replicates", unit="estimates", value=float(replicates)),
         make_result(key, **common, metric="replicates_capped", unit="", value=float(capped)),
     ]
+    sq_dev = {}
     for group, names_g in groups.items():
         if not names_g:
             continue
@@ -624,7 +625,36 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
             g, truths.get(group), truth_groups=split_by(groups_ref, group), bootstrap=cfg.bootstrap, seed=cfg.seed
         )
         rows += _stat_rows(key, common, group, st, sec_per, evals)
+        sq_dev[group] = ((g - g.mean(0)) ** 2).sum(1).numpy()
+    if run_dir is not None:
+        save_replicates(run_dir, config_hash(key), sq_dev)
     return rows
+
+
+#: Sub-directory of a run with each variance configuration's per-replicate squared deviations.
+REPLICATES_DIR = "replicates"
+
+
+def save_replicates(run_dir, chash: str, sq_dev: dict) -> Path:
+    """Write ``{group: ||g_r - gbar||^2 [R]}`` to ``<run_dir>/replicates/<hash>.npz`` (atomically).
+
+    Replicate r of every configuration at one problem, train point and seed reads
+    block r of the same noise stream, so the report pairs configurations by r for
+    the confidence intervals of their variance ratios.
+    """
+    import os
+    import tempfile
+
+    import numpy as np
+
+    folder = Path(run_dir) / REPLICATES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{chash}.npz"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".npz")
+    with os.fdopen(fd, "wb") as fh:
+        np.savez(fh, **sq_dev)
+    os.replace(tmp, path)
+    return path
 
 
 def _stat_rows(key: dict, common: dict, group: str, st: dict, sec_per: float, evals: float) -> list[Result]:

@@ -131,6 +131,7 @@ def build_report(
     formats: Sequence[str] = FORMATS,
     threshold: float = 0.05,
     svg: bool = True,
+    ratio_reference: str = "reparam",
 ) -> Path:
     """Build the report of a run directory (the function ``elbobench run`` calls at the end).
 
@@ -141,6 +142,7 @@ def build_report(
         formats: any of ``"html"``, ``"md"``.
         threshold: relative change that counts as a regression (0.05 = 5%).
         svg: also write each figure as SVG.
+        ratio_reference: the estimator the variance-ratio table compares with.
 
     Returns:
         Path of ``report.html`` (or ``report.md`` when HTML is not requested).
@@ -189,12 +191,36 @@ def build_report(
 
     vt, st, ct = rt.variance_table(this.results), rt.speed_table(this.results), rt.convergence_table(this.results)
     # tables: (title, formatted table, caption, csv file name under tables/ or None)
+    var_tables = [
+        (
+            "Variance table",
+            vt,
+            "Each estimate with its 95% interval; bias is reported as detected when its one-sided test of no bias "
+            f"has p < {rt.BIAS_ALPHA:g}, and its MDE is the smallest relative bias the run could detect at 80% power "
+            f"with its R (chosen per configuration by a pilot unless given; 'capped' where the budget bound it). "
+            f"{_train_estimator_note(this.results)}{prov}",
+            "variance_table.csv",
+        )
+    ]
+    ratios = rt.variance_ratio_table(this, ratio_reference)
+    if len(ratios):
+        rf_fig = rf.ratio_figure(ratios, ratio_reference, fig_dir, svg)
+        var_tables.append(
+            (
+                f"Variance ratios against {ratio_reference}",
+                ratios.drop(columns=["_ratio", "_lo", "_hi"]),
+                f"Total variance over {ratio_reference}'s at the same problem, step, backend and samples; replicates "
+                "paired by their shared noise, 95% paired-bootstrap intervals; a difference is called lower or higher "
+                f"only when the interval excludes 1. {prov}",
+                "variance_ratio_table.csv",
+            )
+        )
     sections.append(
         (
             "variance",
             "Gradient variance",
-            rf.variance_figures(df, runs, fig_dir, svg),
-            [("Variance table", vt, prov, "variance_table.csv")],
+            rf.variance_figures(df, runs, fig_dir, svg) + ([rf_fig] if len(ratios) and rf_fig else []),
+            var_tables,
         )
     )
     sections.append(
@@ -209,7 +235,9 @@ def build_report(
                 (
                     "Convergence table",
                     ct,
-                    f"{EXAMPLES_PER_S_NOTE} {prov}" if "examples/s" in ct else prov,
+                    f"Final ELBOs and test log-likelihoods: mean [95% interval] across seeds (one seed: its "
+                    f"importance-sampling standard error). {rt.convergence_target_note(this.results)} "
+                    + (f"{EXAMPLES_PER_S_NOTE} {prov}" if "examples/s" in ct else prov),
                     "convergence_table.csv",
                 )
             ],
@@ -290,6 +318,22 @@ def build_report(
         p.write_text(_render_md(meta, sections, out), encoding="utf-8")
         written.append(p)
     return written[0]
+
+
+def _train_estimator_note(df) -> str:
+    """Which estimator trained the model to the variance benchmark's train points."""
+    import json
+
+    d = df[(df["benchmark"] == "variance") & (df["step"] > 0)]
+    names = set()
+    for cfg in d["config"].dropna().unique():
+        try:
+            names.add(json.loads(cfg).get("train_estimator", "reparam"))
+        except ValueError:
+            continue
+    if not names:
+        return ""
+    return f"Train points: the model trained by {', '.join(sorted(names))} (every row at a step measures the same parameters). "
 
 
 def _changed(table, threshold: float, what: str, csv_name: str):

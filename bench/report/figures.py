@@ -38,6 +38,7 @@ from bench.report.tables import (  # noqa: E402
     EAGER_BACKEND,
     SPEED_BENCHMARKS,
     metric_spec,
+    t_interval,
 )
 
 DPI = 100
@@ -585,6 +586,33 @@ def _speedup_figure(d: pd.DataFrame, runs, out_dir, svg) -> FigureFile | None:
 
 
 # --------------------------------------------------------------------------- train
+def _t_band(values) -> tuple[float, float]:
+    """seaborn ``errorbar`` callable: the 95% Student-t interval of the mean (``bench.report.tables.t_interval``)."""
+    _, lo, hi = t_interval(values)
+    m = float(np.mean(values))
+    return (lo, hi) if math.isfinite(lo) else (m, m)
+
+
+def _wall_bands(sub: pd.DataFrame) -> pd.DataFrame:
+    """Per label and style: the seeds' curves interpolated on a common wall-time grid, mean and t-interval."""
+    out = []
+    for (label, style), grp in sub.groupby(["label", "style"]):
+        curves = [g.sort_values("wall") for _, g in grp.groupby("unit_seed")]
+        if not curves:
+            continue
+        top = min(float(c["wall"].max()) for c in curves)
+        bottom = max(float(c["wall"].min()) for c in curves)
+        grid = np.unique(np.concatenate([c["wall"].to_numpy(float) for c in curves]))
+        grid = grid[(grid >= bottom) & (grid <= top)]
+        if len(grid) == 0:
+            continue
+        ys = np.vstack([np.interp(grid, c["wall"].to_numpy(float), c["value"].to_numpy(float)) for c in curves])
+        for x, col in zip(grid, ys.T, strict=True):
+            m, lo, hi = t_interval(col)
+            out.append({"label": label, "style": style, "wall": x, "value": m, "lo": lo, "hi": hi})
+    return pd.DataFrame(out)
+
+
 def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: bool = True) -> list[FigureFile]:
     """ELBO against step and against wall time (seed bands), time to target, test log-likelihood."""
     d = df[df["benchmark"] == "train"].copy()
@@ -614,7 +642,7 @@ def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
                 style="style",
                 dashes=_dashes(styles),
                 style_order=styles,
-                errorbar=("pi", 100) if multi_seed else None,
+                errorbar=_t_band if multi_seed else None,
                 ax=ax,
                 legend=False,
             )
@@ -624,7 +652,7 @@ def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
         _style_legend(canvas, colors, styles)
         caption = (
             "Mean over seeds"
-            + (" with the min-max band across seeds" if multi_seed else " (one seed)")
+            + (" with the 95% Student-t interval of the mean across seeds" if multi_seed else " (one seed)")
             + "; higher is better. Backends draw the same noise, so their curves coincide when the kernels agree."
         )
         figs.append(canvas.save(out_dir, "elbo_vs_step", "train", title, caption, svg))
@@ -640,24 +668,35 @@ def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
             problems = sorted(joined["problem"].unique())
             title = "ELBO against wall time"
             canvas = _Canvas(len(problems), title)
+            multi_seed = joined.groupby(["run", "config_hash"])["seed"].nunique().max() > 1
             for ax, problem in zip(canvas.axes, problems, strict=False):
                 sub = joined[joined["problem"] == problem]
-                sns.lineplot(
-                    data=sub,
-                    x="wall",
-                    y="value",
-                    hue="label",
-                    hue_order=labels,
-                    palette=colors,
-                    style="style",
-                    dashes=_dashes(styles),
-                    style_order=styles,
-                    units="unit_seed",
-                    estimator=None,
-                    ax=ax,
-                    legend=False,
-                    lw=1.2,
-                )
+                if multi_seed:
+                    bands = _wall_bands(sub)
+                    for (label, style), b in bands.groupby(["label", "style"]):
+                        dash = _dashes(styles)[style]
+                        (line,) = ax.plot(b["wall"], b["value"], color=colors[label], lw=1.2)
+                        if dash:
+                            line.set_dashes(dash)
+                        ok = b["lo"].notna()
+                        ax.fill_between(b["wall"][ok], b["lo"][ok], b["hi"][ok], color=colors[label], alpha=0.15, lw=0)
+                else:
+                    sns.lineplot(
+                        data=sub,
+                        x="wall",
+                        y="value",
+                        hue="label",
+                        hue_order=labels,
+                        palette=colors,
+                        style="style",
+                        dashes=_dashes(styles),
+                        style_order=styles,
+                        units="unit_seed",
+                        estimator=None,
+                        ax=ax,
+                        legend=False,
+                        lw=1.2,
+                    )
                 if _use_log(sub["wall"]):
                     ax.set_xscale("log")
                     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
@@ -666,7 +705,11 @@ def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
                 ax.set_ylabel(_ylabel(metric, _unit_of(sub)))
                 ax.set_title(problem)
             _style_legend(canvas, colors, styles)
-            caption = f"{metric_spec(metric).label} against elapsed training time, one line per seed."
+            caption = f"{metric_spec(metric).label} against elapsed training time, " + (
+                "mean over seeds (each interpolated on a common time grid) with its 95% Student-t interval."
+                if multi_seed
+                else "one seed."
+            )
             figs.append(canvas.save(out_dir, "elbo_vs_wall", "train", title, caption, svg))
 
     for metric, name, title, caption in (
@@ -674,13 +717,15 @@ def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
             "time_to_target_s",
             "time_to_target",
             "Time to the target validation ELBO",
-            "Mean over seeds that reached the target (bars: min-max over seeds); seeds that never reached it are left out.",
+            "Mean over seeds that reached the target, with the 95% Student-t interval across them (two or more); "
+            "seeds that never reached it are left out.",
         ),
         (
             "test_ll",
             "test_loglik",
             "Test log-likelihood (importance sampling)",
-            "Importance-sampled estimate of log p(x) on the test split with +-1 standard error; higher is better.",
+            "Importance-sampled estimate of log p(x) on the test split: mean over seeds with the 95% Student-t "
+            "interval across seeds, or, for one seed, +-1.96 standard errors of its estimate; higher is better.",
         ),
     ):
         sub = d[(d["metric"] == metric) & np.isfinite(d["value"])].copy()
@@ -691,15 +736,15 @@ def train_figures(df: pd.DataFrame, runs: Sequence[str], out_dir: Path, svg: boo
             sub = sub.merge(se, on=["run", "config_hash", "seed"], how="left")
             ci_se = (sub["ci_high"] - sub["ci_low"]) / (2 * 1.96)
             sub["se"] = sub["se"].where(sub["se"].notna(), ci_se)
-            sub["lo"], sub["hi"] = sub["value"] - sub["se"], sub["value"] + sub["se"]
-            g = sub.groupby(["run", "problem", "label", "backend"]).agg(
-                value=("value", "mean"), lo=("lo", "mean"), hi=("hi", "mean"), unit=("unit", "first")
-            )
-        else:
-            g = sub.groupby(["run", "problem", "label", "backend"]).agg(
-                value=("value", "mean"), lo=("value", "min"), hi=("value", "max"), unit=("unit", "first")
-            )
-        g = g.reset_index()
+        rows = []
+        for k, grp in sub.groupby(["run", "problem", "label", "backend"]):
+            m, lo, hi = t_interval(grp["value"])
+            if not math.isfinite(lo) and metric == "test_ll":
+                se1 = float(grp["se"].iloc[0])
+                lo, hi = m - 1.96 * se1, m + 1.96 * se1
+            rows.append(dict(zip(["run", "problem", "label", "backend"], k, strict=True), value=m, lo=lo, hi=hi,
+                             unit=grp["unit"].iloc[0]))  # fmt: skip
+        g = pd.DataFrame(rows)
         problems = sorted(g["problem"].unique())
         bcolors = _palette(sorted(g["backend"].unique()))
         canvas = _Canvas(len(problems), title)
@@ -774,6 +819,38 @@ def image_figures(arrays: dict[str, np.ndarray], out_dir: Path, svg: bool = True
 
 
 # --------------------------------------------------------------------------- comparisons
+def ratio_figure(table: pd.DataFrame, reference: str, out_dir: Path, svg: bool = True) -> FigureFile | None:
+    """Forest plot of the variance ratios against ``reference``: each with its paired 95% interval, log axis."""
+    t = table[np.isfinite(table["_ratio"]) & (table["_ratio"] > 0)].copy()
+    if t.empty:
+        return None
+    t["where"] = t["problem"].astype(str) + " · step " + t["step"].astype(str) + " · " + t["backend"].astype(str)
+    panels = sorted(t["where"].unique(), key=_natural)
+    colors = {"lower": "#2ca02c", "higher": "#d62728", "no difference": "0.45"}
+    per = max(t.groupby("where").size())
+    canvas = _Canvas(len(panels), f"Gradient variance against {reference}", panel_h=max(2.0, 0.22 * per + 1.0))
+    for ax, where in zip(canvas.axes, panels, strict=False):
+        sub = t[t["where"] == where].sort_values("_ratio")
+        y = np.arange(len(sub))
+        err = np.vstack([sub["_ratio"] - sub["_lo"], sub["_hi"] - sub["_ratio"]]).clip(min=0)
+        for yi, (_, row), lo_e, hi_e in zip(y, sub.iterrows(), err[0], err[1], strict=True):
+            ax.errorbar(row["_ratio"], yi, xerr=[[lo_e], [hi_e]], fmt="o", color=colors[row["verdict"]], capsize=3)
+        ax.set_yticks(y, sub["estimator"], fontsize="x-small")
+        ax.axvline(1.0, color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.set_xlabel(f"total variance / {reference}'s")
+        ax.set_title(where, fontsize="small")
+    handles = [Line2D([], [], color=c, marker="o", ls="") for c in colors.values()]
+    canvas.fig.legend(handles, list(colors), loc="outside right upper", title="95% interval", fontsize="small")
+    caption = (
+        f"Each estimator's total gradient variance over {reference}'s at the same problem, step and backend, with "
+        "the 95% paired-bootstrap interval (replicates paired by their shared noise); log scale, 1 = the same. "
+        "Green: lower, red: higher, grey: the interval includes 1 (no difference)."
+    )
+    return canvas.save(out_dir, "variance_ratios", "variance", f"Gradient variance against {reference}", caption, svg)
+
+
 def compare_figure(
     table: pd.DataFrame,
     label_cols: Sequence[str],

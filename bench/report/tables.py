@@ -71,6 +71,16 @@ METRICS: dict[str, MetricSpec] = {
     "cosine": MetricSpec("variance", +1, "cosine to true gradient"),
     "rel_bias": MetricSpec("variance", -1, "relative bias", magnitude=True),
     "bias_sq": MetricSpec("variance", -1, "squared bias"),
+    "bias_p_value": MetricSpec("variance", 0, "p-value of no bias (one-sided)"),
+    "bias_mde": MetricSpec("variance", -1, "smallest detectable relative bias (80% power)"),
+    "bias_ci_low": MetricSpec("variance", 0, "bias, 95% interval low end"),
+    "bias_ci_high": MetricSpec("variance", 0, "bias, 95% interval high end"),
+    "cosine_ci_low": MetricSpec("variance", 0, "cosine, 95% interval low end"),
+    "cosine_ci_high": MetricSpec("variance", 0, "cosine, 95% interval high end"),
+    "snr_ci_low": MetricSpec("variance", 0, "SNR, 95% interval low end"),
+    "snr_ci_high": MetricSpec("variance", 0, "SNR, 95% interval high end"),
+    "replicates": MetricSpec("variance", 0, "estimates R", "estimates"),
+    "replicates_capped": MetricSpec("variance", 0, "R capped by the budget"),
     "seconds_per_estimate": MetricSpec("variance", -1, "seconds per estimate", "s"),
     "evals_per_estimate": MetricSpec("variance", 0, "function evaluations per estimate", "evals"),
     "grad_norm_sq": MetricSpec("variance", 0, "squared norm of the mean gradient"),
@@ -116,9 +126,13 @@ VARIANCE_METRICS = [
     "variance_x_evals",
     "seconds_per_estimate",
     "bias",
+    "bias_mde",
     "rel_bias",
     "cosine",
+    "replicates",
 ]
+#: Below this p-value a bias is reported as detected (one-sided test of no bias).
+BIAS_ALPHA = 0.05
 SPEED_METRICS = [m for m, s in METRICS.items() if s.benchmark == "speed"]
 SPEED_BENCHMARKS = ("speed", "gpu_kernels")
 #: The op name whose ``GB/s`` rows are the same-run copy bandwidth (the ceiling).
@@ -372,11 +386,101 @@ def variance_table(df: pd.DataFrame) -> pd.DataFrame:
         _fmt(v) + (f" [{_fmt(lo, 3)}, {_fmt(hi, 3)}]" if math.isfinite(lo) and math.isfinite(hi) else "")
         for v, lo, hi in zip(g["value"], g["lo"], g["hi"], strict=True)
     ]
+    extra = df[(df["benchmark"] == "variance") & df["metric"].isin(["bias_p_value", "replicates_capped"])]
+    extra = extra.assign(num_samples=extra["num_samples"].fillna(-1))
+    flags = extra.groupby([*keys, "metric"], dropna=False)["value"].max().unstack("metric")
+    for i, row in g.iterrows():
+        k = tuple(row[c] for c in keys)
+        if row["metric"] == "bias" and "bias_p_value" in flags.columns and k in flags.index:
+            pv = flags.loc[k, "bias_p_value"]
+            if math.isfinite(pv):
+                g.at[i, "text"] = (
+                    f"no detectable bias (p = {pv:.2g})" if pv >= BIAS_ALPHA else f"{row['text']} (p = {pv:.2g})"
+                )
+        if row["metric"] == "replicates" and "replicates_capped" in flags.columns and k in flags.index:
+            g.at[i, "text"] = f"{int(row['value'])}" + (" (capped)" if flags.loc[k, "replicates_capped"] > 0 else "")
     t = g.pivot_table(index=keys, columns="metric", values="text", aggfunc="first")
     t = t[[m for m in VARIANCE_METRICS if m in t.columns]].fillna("–").reset_index()
     t["num_samples"] = t["num_samples"].map(lambda x: "" if x < 0 else int(x))
     t.columns.name = None
-    return t.rename(columns={"control_variate": "control variate", "num_samples": "samples"})
+    return t.rename(
+        columns={
+            "control_variate": "control variate",
+            "num_samples": "samples",
+            "bias_mde": "bias MDE",
+            "replicates": "R",
+        }
+    )
+
+
+def variance_ratio_table(run: RunData, reference: str = "reparam", *, boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Each configuration's total variance over the reference estimator's, with a paired 95% interval.
+
+    Replicate r of every configuration at one (problem, step, backend, samples,
+    seed) reads block r of the same noise stream, so the configurations are
+    paired by r: with ``d_r = ||g_r - gbar||^2`` of each (``replicates/<hash>.npz``
+    in the run directory) the ratio is ``mean(d_A) / mean(d_ref)`` over their first
+    ``m = min(R_A, R_ref)`` replicates, and its interval the percentiles of the same
+    ratio over ``boot`` resamples of the replicate indices, drawn jointly for the two
+    (the paired bootstrap; Efron & Tibshirani 1993, ch. 14). "lower"/"higher" when the
+    interval excludes 1, "no difference" otherwise.
+
+    Returns:
+        One row per configuration with a reference to compare with (empty when the
+        run has no per-replicate files or no such reference).
+    """
+    d = run.results
+    d = d[(d["benchmark"] == "variance") & (d["metric"] == "total_variance")]
+    folder = run.path / "replicates"
+    if d.empty or not folder.is_dir():
+        return pd.DataFrame()
+    keys = ["problem", "step", "backend", "num_samples", "seed"]
+    d = d.assign(num_samples=d["num_samples"].fillna(-1))
+    gen = np.random.default_rng(seed)
+    rows = []
+    for k, grp in d.groupby(keys, dropna=False, sort=True):
+        refs = grp[(grp["estimator"] == reference) & (grp["control_variate"].astype(str).isin(["none", "", "nan"]))]
+        if refs.empty:
+            continue
+        ref_path = folder / f"{refs['config_hash'].iloc[0]}.npz"
+        if not ref_path.exists():
+            continue
+        with np.load(ref_path) as z:
+            d_ref = np.asarray(z["total"], dtype=float)
+        for _, row in grp.iterrows():
+            if row["config_hash"] == refs["config_hash"].iloc[0]:
+                continue
+            path = folder / f"{row['config_hash']}.npz"
+            if not path.exists():
+                continue
+            with np.load(path) as z:
+                d_a = np.asarray(z["total"], dtype=float)
+            m = min(len(d_a), len(d_ref))
+            a, b = d_a[:m], d_ref[:m]
+            if m < 2 or b.mean() <= 0:
+                continue
+            idx = gen.integers(0, m, size=(boot, m))
+            ratios = a[idx].mean(1) / np.maximum(b[idx].mean(1), 1e-300)
+            lo, hi = np.quantile(ratios, [0.025, 0.975])
+            ratio = a.mean() / b.mean()
+            verdict = "lower" if hi < 1 else ("higher" if lo > 1 else "no difference")
+            rows.append(
+                {
+                    **dict(zip(keys, k, strict=True)),
+                    "estimator": row["label"],
+                    f"variance / {reference}": f"{_fmt(ratio, 3)} [{_fmt(lo, 3)}, {_fmt(hi, 3)}]",
+                    "paired replicates": m,
+                    "verdict": verdict,
+                    "_ratio": ratio,
+                    "_lo": lo,
+                    "_hi": hi,
+                }
+            )
+    t = pd.DataFrame(rows)
+    if t.empty:
+        return t
+    t["num_samples"] = t["num_samples"].map(lambda x: "" if x < 0 else int(x))
+    return t.rename(columns={"num_samples": "samples"})
 
 
 def speed_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -427,21 +531,63 @@ def _se_of_mean(se: pd.Series) -> float:
     return float(np.sqrt((se**2).sum()) / len(se)) if len(se) else math.nan
 
 
+def t_interval(values) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the 95% Student-t interval of the mean of independent values (NaN with one)."""
+    v = np.asarray(pd.Series(values).dropna(), dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    from scipy.stats import t as student_t
+
+    half = float(student_t.ppf(0.975, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return m, m - half, m + half
+
+
+def _with_interval(m: float, lo: float, hi: float) -> str:
+    return _fmt(m) + (f" [{_fmt(lo, 4)}, {_fmt(hi, 4)}]" if math.isfinite(lo) and math.isfinite(hi) else "")
+
+
+def default_target(df: pd.DataFrame, problem: str) -> float:
+    """The default target validation ELBO of a problem: the best final one (mean over seeds) over configurations,
+    minus 1 nat."""
+    d = df[(df["benchmark"] == "train") & (df["metric"] == "val_elbo") & (df["problem"] == problem)]
+    if d.empty:
+        return math.nan
+    last = d.loc[d.groupby(["config_hash", "seed"])["step"].idxmax()]
+    per_config = last.groupby(["estimator", "control_variate", "backend"], dropna=False)["value"].mean()  # over seeds
+    return float(per_config.max()) - 1.0
+
+
+def reach(curve: pd.DataFrame, wall: pd.DataFrame, target: float) -> tuple[float, float]:
+    """``(steps, seconds)`` at which one seed's validation ELBO first reached ``target`` (NaN if never)."""
+    hit = curve[curve["value"] >= target].sort_values("step")
+    if hit.empty or not math.isfinite(target):
+        return math.nan, math.nan
+    step = int(hit["step"].iloc[0])
+    w = wall[wall["step"] == step]["value"]
+    return float(step), float(w.iloc[0]) if len(w) else math.nan
+
+
 def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per problem x estimator x control variate x backend of the train benchmark.
 
-    Columns: seeds; the last step; final train and validation ELBO (mean ± sd over
-    seeds); wall time and examples per second of training; time to the target
-    validation ELBO (mean over the seeds that reached it, and how many did; the
-    column appears when any configuration of the run had a target); test ELBO and
-    test log-likelihood (importance sampling), mean over seeds ± its standard error
-    ``sqrt(sum se_i^2) / n`` from the per-seed ``test_ll_se`` (or the CI half-width / 1.96).
+    Columns: seeds; the last step; final train and validation ELBO, mean over seeds
+    with its 95% Student-t interval across seeds (with two or more seeds); wall
+    time and examples per second of training; time and steps to the target
+    validation ELBO (the run's ``--target-elbo`` when it had one, else the best
+    final validation ELBO of the problem over configurations minus 1 nat; mean over
+    the seeds that reached it, how many did, or "not reached"); test ELBO and test
+    log-likelihood (importance sampling): the t-interval across seeds with two or
+    more seeds, else the one seed's ``+- 1.96`` standard error of its estimate.
     """
     d = df[df["benchmark"] == "train"]
     if d.empty:
         return pd.DataFrame()
-    has_target = (d["metric"] == "time_to_target_s").any()
     keys = ["problem", "estimator", "control_variate", "backend"]
+    given_target = (d["metric"] == "time_to_target_s").any()
+    targets = {p: default_target(d, p) for p in d["problem"].unique()}
     rows = []
     for k, grp in d.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, k, strict=True))
@@ -453,20 +599,33 @@ def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
                 continue
             last = m.loc[m.groupby("seed")["step"].idxmax()]
             row["last step"] = int(last["step"].max())
-            v = last["value"]
-            row[col] = _fmt(v.mean()) + (f" ± {_fmt(v.std(), 2)}" if len(v) > 1 else "")
+            row[col] = _with_interval(*t_interval(last["value"])) if metric != "wall_s" else _fmt(last["value"].mean())
         m = grp[grp["metric"] == "examples_per_s"]["value"]
         if len(m):
             row["examples/s"] = _fmt(m.mean())
-        if has_target:
-            m = grp[grp["metric"] == "time_to_target_s"]["value"]
-            reached = m[np.isfinite(m)]
-            row["time to target [s]"] = (
-                f"{_fmt(reached.mean())} ({len(reached)}/{n_seeds} seeds)" if len(reached) else "not reached"
-            )
+        if given_target:
+            secs = grp[grp["metric"] == "time_to_target_s"]["value"]
+            steps = grp[grp["metric"] == "steps_to_target"]["value"]
+        else:
+            target = targets.get(k[0], math.nan)
+            got = [
+                reach(s_grp[s_grp["metric"] == "val_elbo"], s_grp[s_grp["metric"] == "wall_s"], target)
+                for _, s_grp in grp.groupby("seed")
+            ]
+            steps = pd.Series([a for a, _ in got], dtype=float)
+            secs = pd.Series([b for _, b in got], dtype=float)
+        reached = secs[np.isfinite(secs)]
+        row["time to target [s]"] = (
+            f"{_fmt(reached.mean())} ({len(reached)}/{n_seeds} seeds)" if len(reached) else "not reached"
+        )
+        st = steps[np.isfinite(steps)]
+        row["steps to target"] = _fmt(st.mean()) if len(st) else "not reached"
         for metric, col in (("test_elbo", "test ELBO [nats]"), ("test_ll", "test log-lik [nats]")):
             m = grp[grp["metric"] == metric]
             if m.empty:
+                continue
+            if m["seed"].nunique() >= 2:
+                row[col] = _with_interval(*t_interval(m.groupby("seed")["value"].mean()))
                 continue
             se = m[["config_hash", "seed", "ci_low", "ci_high"]].copy()
             se["se"] = (se["ci_high"] - se["ci_low"]) / (2 * 1.96)
@@ -475,10 +634,22 @@ def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
                 se = se.merge(given, on=["config_hash", "seed"], how="left")
                 se["se"] = se["value"].where(se["value"].notna(), se["se"])
             s = _se_of_mean(se["se"])
-            row[col] = _fmt(m["value"].mean()) + (f" ± {_fmt(s, 2)}" if math.isfinite(s) else "")
+            v = float(m["value"].mean())
+            row[col] = _with_interval(v, v - 1.96 * s, v + 1.96 * s)
         rows.append(row)
     t = pd.DataFrame(rows)
     return t.rename(columns={"control_variate": "control variate"})
+
+
+def convergence_target_note(df: pd.DataFrame) -> str:
+    """What the convergence table's target validation ELBO is, per problem."""
+    d = df[df["benchmark"] == "train"]
+    if d.empty:
+        return ""
+    if (d["metric"] == "time_to_target_s").any():
+        return "Time to target: the run's --target-elbo."
+    parts = [f"{p}: {_fmt(default_target(d, p))}" for p in sorted(d["problem"].unique())]
+    return "Target validation ELBO (the best final one over configurations, minus 1 nat): " + ", ".join(parts) + "."
 
 
 # --------------------------------------------------------------------------- comparison
