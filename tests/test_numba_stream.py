@@ -124,6 +124,11 @@ def _count_streamed(monkeypatch, module) -> list:
     return streamed
 
 
+# The first case of each matrix runs in the fast suite; the rest under --slow (each
+# compiles its own kernel variants, and streaming is the default on Intel only).
+SLOW = pytest.mark.slow
+
+
 def _buffers(shape, dtype, offset, n=3):
     numel = math.prod(shape)
     return tuple(torch.full((numel + offset,), float("nan"), dtype=dtype)[offset:].view(shape) for _ in range(n))
@@ -134,9 +139,9 @@ def _buffers(shape, dtype, offset, n=3):
     "dtype,op,noise",
     [
         (torch.float32, "normal_rsample_kl", "eps"),
-        (torch.float32, "normal_rsample_kl", "philox"),
-        (torch.float32, "normal_rsample", "eps"),
-        (torch.float64, "normal_rsample_kl", "eps"),
+        pytest.param(torch.float32, "normal_rsample_kl", "philox", marks=SLOW),
+        pytest.param(torch.float32, "normal_rsample", "eps", marks=SLOW),
+        pytest.param(torch.float64, "normal_rsample_kl", "eps", marks=SLOW),
     ],
 )
 def test_fused_forward_streaming_is_bitwise_plain(monkeypatch, dtype, op, noise):
@@ -185,11 +190,11 @@ def _check_grads(got, want, label):
     "dtype,noise,wanted,dz_kind",
     [
         (torch.float32, "eps", (True, True, True), "full"),
-        (torch.float32, "philox", (True, True, True), "full"),
-        (torch.float32, "eps", (True, True, False), "full"),  # what a VAE step asks for
-        (torch.float32, "eps", (False, True, False), "full"),
-        (torch.float32, "eps", (True, True, False), "none"),  # KL only
-        (torch.float64, "eps", (True, True, True), "full"),
+        pytest.param(torch.float32, "philox", (True, True, True), "full", marks=SLOW),
+        pytest.param(torch.float32, "eps", (True, True, False), "full", marks=SLOW),  # what a VAE step asks for
+        pytest.param(torch.float32, "eps", (False, True, False), "full", marks=SLOW),
+        pytest.param(torch.float32, "eps", (True, True, False), "none", marks=SLOW),  # KL only
+        pytest.param(torch.float64, "eps", (True, True, True), "full", marks=SLOW),
     ],
 )
 def test_fused_backward_streaming_is_bitwise_plain(monkeypatch, dtype, noise, wanted, dz_kind):
@@ -219,9 +224,9 @@ def test_fused_backward_streaming_is_bitwise_plain(monkeypatch, dtype, noise, wa
     "dtype,wanted",
     [
         (torch.float32, (True, True, True)),
-        (torch.float32, (False, True, True)),
-        (torch.float32, (True, False, False)),
-        (torch.float64, (True, True, True)),
+        pytest.param(torch.float32, (False, True, True), marks=SLOW),
+        pytest.param(torch.float32, (True, False, False), marks=SLOW),
+        pytest.param(torch.float64, (True, True, True), marks=SLOW),
     ],
 )
 def test_log_prob_backward_streaming_is_bitwise_plain(monkeypatch, dtype, wanted):
