@@ -113,6 +113,31 @@ def log_likelihood(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return kernels.normal_log_prob(x, out[0], out[1])
 
 
+def prior_of(model, q):
+    """The prior p(b) of a discrete latent: ``model.prior_logits`` (fixed or learned) or uniform.
+
+    Returns a family of q's kind with an attribute ``uniform`` (True without
+    ``prior_logits``), broadcast to q's shape.
+    """
+    from .families import Bernoulli, Categorical
+
+    logits = getattr(model, "prior_logits", None)
+    uniform = logits is None
+    if uniform:
+        logits = torch.zeros((), dtype=q.dtype, device=q.device)
+    elif not isinstance(logits, torch.Tensor):
+        raise TypeError(f"model.prior_logits must be a tensor or None, got {type(logits).__name__}")
+    try:
+        logits = logits.expand(q.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"model.prior_logits of shape {list(logits.shape)} must broadcast to q's shape {list(q.shape)}"
+        ) from None
+    prior = Bernoulli(logits) if q.name == "bernoulli" else Categorical(logits)
+    prior.uniform = uniform
+    return prior
+
+
 def check_model(model) -> None:
     """Raise a clear error if ``model`` does not follow the model protocol."""
     missing = [a for a in ("encode", "decode") if not callable(getattr(model, a, None))]
@@ -145,11 +170,15 @@ def check_gaussian(mu: object, logvar: object, where: str) -> None:
         raise ValueError(f"{where}: mu and logvar must share dtype and device, got {mu.dtype}/{logvar.dtype}")
 
 
-def checked_f(f: Callable, mu_shape: torch.Size) -> Callable:
-    """Wrap ``f`` so that a wrong output shape raises a clear error."""
+def checked_f(f: Callable, mu_shape: torch.Size, event_dims: int = 1) -> Callable:
+    """Wrap ``f`` so that a wrong output shape raises a clear error.
+
+    ``mu_shape`` is the shape of one latent sample, whose last ``event_dims`` dims
+    are the latent's (2 for a categorical ``[..., D, K]``).
+    """
     if not callable(f):
-        raise TypeError(f"f must be callable z [S, *mu.shape] -> [S, *mu.shape[:-1]], got {type(f).__name__}")
-    batch = tuple(mu_shape[:-1])
+        raise TypeError(f"f must be callable z [S, *q.shape] -> [S, *q.batch_shape], got {type(f).__name__}")
+    batch = tuple(mu_shape[: len(mu_shape) - event_dims])
 
     def wrapped(z: torch.Tensor) -> torch.Tensor:
         out = f(z)
@@ -295,30 +324,44 @@ class Estimator:
     def surrogate(
         self,
         f: Callable[[torch.Tensor], torch.Tensor],
-        mu: torch.Tensor,
-        logvar: torch.Tensor,
-        num_samples: int = 1,
-        *,
+        q,
+        *args,
+        num_samples: int | None = None,
         eps: torch.Tensor | None = None,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """Surrogate of ``F = E_{z ~ N(mu, diag exp(logvar))}[f(z)]``.
+        """Surrogate of ``F = E_{z ~ q}[f(z)]``.
+
+        Called as ``surrogate(f, q, num_samples=1, *, eps=None, seed=None)`` with a
+        latent family ``q`` (:class:`estimators.Normal`, :class:`estimators.Bernoulli`,
+        :class:`estimators.Categorical`; one of :attr:`families`), or as
+        ``surrogate(f, mu, logvar, num_samples=1, ...)`` for ``q = Normal(mu, logvar)``.
 
         Args:
-            f: maps z ``[S', *mu.shape]`` to ``[S', *mu.shape[:-1]]`` (row-wise; S' may
+            f: maps z ``[S', *q.shape]`` to ``[S', *q.batch_shape]`` (row-wise; S' may
                 exceed ``num_samples`` for estimators that evaluate f at extra points).
-                It may close over ``mu``, ``logvar`` and parameters: that direct path is
-                part of the estimate.
-            mu: ``[..., D]`` mean.
-            logvar: ``[..., D]`` log variance.
-            num_samples: S, samples per estimate.
-            eps: optional noise of :meth:`noise_shape` ``(S, *mu.shape)``-like shape.
+                It may close over q's tensors and parameters: that direct path is
+                part of the estimate. Relaxed estimators (``gumbel_softmax``) evaluate
+                f at continuous points, so f must accept real inputs.
+            q: the latent family, or ``mu`` ``[..., D]`` followed by ``logvar``.
+            num_samples: S, samples per estimate (pairs for ``arm`` and ``disarm``).
+            eps: optional base noise of :meth:`family_noise_shape` (standard normals
+                for Normal, uniforms in (0, 1) for the discrete families).
             seed: noise seed when ``eps`` is None (None draws one from torch's generator).
 
         Returns:
-            ``[*mu.shape[:-1]]``: value = the Monte Carlo estimate of F; ``.sum().backward()``
-            leaves the gradient estimate in ``mu.grad``, ``logvar.grad`` and f's parameters.
+            ``[*q.batch_shape]``: value = the Monte Carlo estimate of F at samples of q;
+            ``.sum().backward()`` leaves the gradient estimate in q's tensors and f's
+            parameters.
+
+        Raises:
+            ValueError: q is of a family the estimator does not support (the message
+                names the ones it does), or bad shapes.
         """
+        q, num_samples = self._surrogate_args(q, args, num_samples)
+        if q.name != "normal":
+            return self._family_surrogate(f, q, num_samples, eps, seed)
+        mu, logvar = q.mu, q.logvar
         if self.vae_only:
             raise ValueError(
                 f"{self.label} is defined for the VAE objective only (it needs x and the decoder); "
@@ -329,6 +372,74 @@ class Estimator:
         num_samples = self.check_num_samples(num_samples)
         eps = self._noise(num_samples, mu, eps, seed)
         return self._expectation(checked_f(f, mu.shape), mu, logvar, eps, None)
+
+    def _surrogate_args(self, q, args, num_samples):
+        """``(family, num_samples)`` from ``surrogate``'s positional forms (see its docstring)."""
+        from .families import Family, Normal
+
+        if isinstance(q, Family):
+            if len(args) > 1:
+                raise TypeError(f"surrogate(f, q, num_samples): got {len(args) + 2} positional arguments")
+            if args:
+                if num_samples is not None:
+                    raise TypeError("surrogate(): num_samples given twice")
+                num_samples = args[0]
+        elif isinstance(q, torch.Tensor):
+            check_gaussian(q, args[0] if args else None, f"{self.name}.surrogate")
+            if len(args) > 2:
+                raise TypeError(f"surrogate(f, mu, logvar, num_samples): got {len(args) + 2} positional arguments")
+            if len(args) == 2:
+                if num_samples is not None:
+                    raise TypeError("surrogate(): num_samples given twice")
+                num_samples = args[1]
+            check_gaussian(q, args[0], f"{self.name}.surrogate")
+            q = Normal(q, args[0])
+        else:
+            raise TypeError(
+                f"{self.name}.surrogate: mu must be a torch.Tensor [..., D] followed by logvar, or q a latent "
+                f"family (estimators.Normal, Bernoulli, Categorical), got {type(q).__name__}"
+            )
+        self.check_family(q.name)
+        return q, 1 if num_samples is None else num_samples
+
+    def check_family(self, family: str) -> None:
+        """Raise a clear error unless the estimator supports latent family ``family``."""
+        if family not in self.families:
+            from .registry import available, estimator_class
+
+            others = [n for n in available() if family in estimator_class(n).families]
+            raise ValueError(
+                f"{self.label} estimates gradients for the latent families {list(self.families)}, not {family!r} "
+                f"(estimators for {family}: {others})"
+            )
+
+    def family_noise_shape(self, num_samples: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the uniform base noise of one estimate for a discrete family of sample shape ``shape``."""
+        return (int(num_samples), *shape)
+
+    def _family_noise(self, num_samples, q, eps, seed) -> torch.Tensor:
+        shape = self.family_noise_shape(num_samples, tuple(q.shape))
+        if eps is None:
+            return kernels.uniform_noise(shape, seed=seed, device=q.device, dtype=q.dtype)
+        if not isinstance(eps, torch.Tensor):
+            raise TypeError(f"eps must be a torch.Tensor of uniforms of shape {list(shape)}, got {type(eps).__name__}")
+        if tuple(eps.shape) != shape:
+            raise ValueError(
+                f"eps must have shape {list(shape)} for {self.label} with num_samples={num_samples} and "
+                f"a {q.name} latent of shape {list(q.shape)} (see family_noise_shape()), got {list(eps.shape)}"
+            )
+        return eps.to(dtype=q.dtype, device=q.device)
+
+    def _family_surrogate(self, f, q, num_samples, eps, seed) -> torch.Tensor:
+        if self.vae_only:
+            raise ValueError(f"{self.label} is defined for the VAE objective only (it needs x): use vae_loss(model, x)")
+        num_samples = self.check_num_samples(num_samples)
+        noise = self._family_noise(num_samples, q, eps, seed)
+        return self._family_expectation(checked_f(f, q.shape, q.event_dims), q, noise, None)
+
+    def _family_expectation(self, f, q, noise, context) -> torch.Tensor:
+        """Surrogate ``[*q.batch_shape]`` of ``E_q[f]`` for a discrete family ``q`` from uniform ``noise``."""
+        raise NotImplementedError(f"{self.label} does not implement the {q.name} family")
 
     def vae_loss(
         self,
@@ -358,6 +469,9 @@ class Estimator:
         """
         check_model(model)
         x = check_x(x)
+        latent = getattr(model, "latent", "normal")
+        if latent != "normal":
+            return self._family_vae_loss(model, x, latent, num_samples, kl, eps, seed)
         kl = self.resolve_kl(kl)
         num_samples = self.check_num_samples(num_samples)
         mu, logvar = model.encode(x)
@@ -367,6 +481,49 @@ class Estimator:
         eps = self._noise(num_samples, mu, eps, seed)
         surr, value = self._vae_objective(model, x, mu, logvar, eps, kl)
         return -surr.mean(-1), value.detach()
+
+    def _family_vae_loss(self, model, x, latent, num_samples, kl, eps, seed):
+        """``vae_loss`` for a discrete latent (``model.latent`` "bernoulli" or "categorical")."""
+        from .families import FAMILIES, family_of
+
+        if latent not in FAMILIES:
+            raise ValueError(f"model.latent must be one of {list(FAMILIES)}, got {latent!r}")
+        self.check_family(latent)
+        if kl is None:
+            kl = "mc"
+        elif kl not in KL_MODES:
+            raise ValueError(f"kl must be one of {list(KL_MODES)} or None (the Monte Carlo ELBO), got {kl!r}")
+        num_samples = self.check_num_samples(num_samples)
+        q = family_of(latent, model.encode(x))
+        if q.dim_batch() != (x.shape[0],):
+            raise ValueError(
+                f"model.encode(x) must return logits of batch shape [{x.shape[0]}] (B = x.shape[0]), "
+                f"got logits of shape {list(q.shape)}"
+            )
+        prior = prior_of(model, q)
+        noise = self._family_noise(num_samples, q, eps, seed)
+        surr, value = self._family_vae_objective(model, x, q, prior, noise, kl)
+        return -surr.mean(-1), value.detach()
+
+    def _family_vae_objective(self, model, x, q, prior, noise, kl):
+        """``(surrogate [B], value [B])`` of the ELBO of a discrete latent.
+
+        ``kl="mc"``: ``E_q[log p(x|b) + log p(b) - log q(b|x)]``, the Monte Carlo ELBO
+        the discrete-latent papers use; ``kl="analytic"``: ``E_q[log p(x|b)] - KL(q || p)``.
+        The decoder's parameters get the gradient of f at the samples f is evaluated at.
+        """
+        if kl == "mc":
+            qd = q  # log q(b|x) differentiable in the logits: its direct gradient has mean 0
+
+            def f(b):
+                return log_likelihood(model, x, b) + prior.log_prob(b) - qd.log_prob(b)
+
+            surr = self._family_expectation(f, q, noise, x)
+        else:
+            surr = self._family_expectation(lambda b: log_likelihood(model, x, b), q, noise, x) - q.kl(
+                None if prior.uniform else prior
+            )
+        return surr, surr.detach()
 
     # ------------------------------------------------------------ to implement
     def _expectation(self, f, mu, logvar, eps, context) -> torch.Tensor:

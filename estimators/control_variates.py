@@ -70,6 +70,7 @@ class ControlVariate:
     min_samples: ClassVar[int] = 1
     extra_factor: ClassVar[int] = 0
     needs_context: ClassVar[bool] = False
+    families: ClassVar[tuple[str, ...]] = ("normal", "bernoulli", "categorical")
     stateful: ClassVar[bool] = False
 
     @property
@@ -193,6 +194,7 @@ class Optimal(ControlVariate):
 
     name = "optimal"
     extra_factor = 1
+    families = ("normal",)
 
     def terms(self, *, f, z, fz, mu, logvar, z_extra, f_extra, context) -> CVTerms:
         mu_d, var = mu.detach(), torch.exp(logvar.detach())
@@ -228,6 +230,7 @@ class Delta(ControlVariate):
     """
 
     name = "delta"
+    families = ("normal",)
 
     def __init__(self, order: int = 2, step: float = 1e-2) -> None:
         if order not in (1, 2) or isinstance(order, bool):
@@ -416,6 +419,11 @@ register(
 def names() -> list[str]:
     """Option values as written in the CLI and results: ``"none"`` for None."""
     return ["none" if k is None else k for k in CONTROL_VARIATES]
+
+
+def families_of(name: str | None) -> tuple[str, ...]:
+    """The latent families control variate ``name`` is defined for."""
+    return tuple(make(name).families)
 
 
 def make(name: str | None, **options):

@@ -282,6 +282,9 @@ def per_sample_grads(
     check_model(model)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if getattr(model, "latent", "normal") != "normal":
+        # discrete latents: not batched over R yet; the loop gives the same rows
+        return per_sample_grads_loop(est, model, x, R, num_samples=num_samples, seed=seed, kl=kl)
     x = check_x(x)
     R = _check_r(R)
     seed = check_seed(seed)
@@ -468,7 +471,9 @@ def per_sample_grads_loop(
     """The reference of :func:`per_sample_grads`: R calls of ``vae_loss`` and R backward passes.
 
     Slow by design (the baseline of the per-sample-gradient benchmark); same
-    output, same noise.
+    output, same noise. For a discrete latent (``model.latent``) replicate r takes
+    block r of :func:`kernels.uniform_noise` (``est.family_noise_shape``);
+    :func:`per_sample_grads` runs this loop for them.
     """
     est = _check_est(est)
     R = _check_r(R)
@@ -477,8 +482,13 @@ def per_sample_grads_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     rows: list[list[torch.Tensor]] = [[] for _ in names]
     with torch.no_grad():
-        mu, _ = model.encode(x)
-    noise = replicate_noise(est, num_samples, tuple(mu.shape), R, seed=seed, dtype=mu.dtype, device=mu.device)
+        enc = model.encode(x)
+    if getattr(model, "latent", "normal") == "normal":
+        mu = enc[0]
+        noise = replicate_noise(est, num_samples, tuple(mu.shape), R, seed=seed, dtype=mu.dtype, device=mu.device)
+    else:  # uniforms of the discrete families, replicate r's block of the stream
+        shape = est.family_noise_shape(num_samples, tuple(enc.shape))
+        noise = kernels.uniform_noise((R, *shape), seed=seed, device=enc.device, dtype=enc.dtype)
     with torch.enable_grad(), est.frozen():
         for r in range(R):
             loss, _ = est.vae_loss(model, x, num_samples=num_samples, kl=kl, eps=noise[r])

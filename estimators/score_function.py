@@ -15,6 +15,13 @@ parameters (the ELBO's ``-log q``, the decoder), their direct gradient
 ``mean_s grad f(z_s)`` at fixed z is added: the decoder gets the plain Monte
 Carlo gradient. f itself is never differentiated in z (except by the delta
 control variate's expansion).
+
+For the discrete families (Bernoulli, categorical) the same identity holds with
+``grad log q(b)``; for a Bernoulli with logits phi it is ``b - sigmoid(phi)``
+(Williams 1992). The baselines apply (``moving_average``, ``leave_one_out``, which
+is REINFORCE-LOO with K/(K-1) mean_k (f_k - fbar) grad log q(b_k), Kool et al.
+2019, and ``learned``, NVIL); ``optimal`` and ``delta`` use the Gaussian score and
+f's derivatives in z, so they are defined for the normal family only.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import kernels
 
 from . import control_variates as cv
 from .base import Estimator
+from .families import FAMILIES
 from .registry import register
 
 
@@ -40,6 +48,7 @@ class ScoreFunction(Estimator):
     """
 
     name = "score_function"
+    families = FAMILIES
 
     def __init__(
         self,
@@ -135,3 +144,20 @@ class ScoreFunction(Estimator):
         # direct path (f's parameters at fixed z) + score surrogate; value = mean_s f(z_s)
         direct = fz.mean(0)
         return direct + (score - score.detach())
+
+    def _family_expectation(self, f, q, noise, context):
+        if q.name not in self.cv.families:
+            raise ValueError(
+                f"control_variate={self.control_variate!r} is defined for the latent families "
+                f"{list(self.cv.families)}, not {q.name!r}; for {q.name} use one of "
+                f"{[n for n in cv.names() if q.name in cv.families_of(n)]}"
+            )
+        b = q.sample(noise)  # [S, *q.shape], no gradient
+        fb = f(b)  # [S, *batch]; graph only through f's own parameters
+        fd = fb.detach()
+        terms = self.cv.terms(f=f, z=b, fz=fd, mu=None, logvar=None, z_extra=None, f_extra=None, context=context)
+        log_q = q.log_prob(b)  # [S, *batch], gradient in the logits
+        score = ((fd - terms.h_mu.squeeze(-1)) * log_q).mean(0)
+        if self.updates_state:
+            self.cv.update(fz=fd, context=context)
+        return fb.mean(0) + (score - score.detach())

@@ -1,4 +1,7 @@
-"""Public kernel API of elbobench: Gaussian sampling, KL and log-likelihoods.
+"""Public kernel API of elbobench: sampling, KL and log-likelihoods of the latent families.
+
+Gaussian ops live here; the Bernoulli and categorical ones in
+:mod:`kernels.discrete` (re-exported).
 
 Every op validates its inputs once here, resolves a backend *at call time* and
 calls that backend's implementation. Shapes are ``[..., D]`` with reductions over
@@ -42,8 +45,17 @@ __all__ = [
     "describe_backend",
     "describe_backends",
     "preallocated_calls",
+    "bernoulli_antithetic",
+    "bernoulli_conditional_relaxed",
+    "bernoulli_kl",
     "bernoulli_log_prob",
+    "bernoulli_sample",
+    "binary_concrete",
+    "categorical_kl",
+    "categorical_log_prob",
+    "categorical_sample",
     "get_backend",
+    "gumbel_softmax",
     "normal_kl_std",
     "normal_log_prob",
     "normal_noise",
@@ -53,6 +65,7 @@ __all__ = [
     "register",
     "resolve_backend",
     "set_backend",
+    "uniform_noise",
     "use_backend",
 ]
 
@@ -164,34 +177,55 @@ def _supports_uncached(name: str, device: str, dtype: torch.dtype | None) -> str
     return reason
 
 
+def _supports_op(name: str, device: str, dtype: torch.dtype | None, op: str | None) -> str | None:
+    reason = _supports(name, device, dtype)
+    if reason is None and op is not None and op in registry.OPTIONAL_OPS:
+        cache = registry.derived_cache()
+        key = ("op", name, op)
+        if key not in cache:
+            cache[key] = registry.missing_op_reason(name, op)
+        reason = cache[key]
+    return reason
+
+
 def resolve_backend(
-    backend: str | None = None, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    backend: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    op: str | None = None,
 ) -> str:
     """Name of the backend a call with these inputs would run on.
 
+    Args:
+        backend: a backend name, ``"auto"``, or None for the configured one.
+        device, dtype: of the call's tensors.
+        op: the op called; a backend that lacks one of the optional
+            (discrete-family) ops is then refused by name and skipped by auto.
+
     Raises:
         BackendUnavailableError: an explicitly requested backend cannot run on
-            ``device``/``dtype`` (the message gives the reason).
+            ``device``/``dtype`` or lacks ``op`` (the message gives the reason).
     """
     name = _check_name(backend) if backend is not None else _configured_name()
     dev = device.type if isinstance(device, torch.device) else torch.device(device).type
     if name != "auto":
-        reason = _supports(name, dev, dtype)
+        reason = _supports_op(name, dev, dtype, op)
         if reason is not None:
             raise BackendUnavailableError(reason)
         return name
     cache = registry.derived_cache()
-    key = ("auto", dev, dtype)
+    key = ("auto", dev, dtype, op if op in registry.OPTIONAL_OPS else None)
     if key in cache:
         return cache[key]
     candidates = sorted(registry.names(), key=lambda n: -registry.info(n).auto_priority)
     for cand in candidates:
         if dev == "cpu" and cand == "triton":
             continue  # the interpreter is for tests, never an automatic choice
-        if _supports(cand, dev, dtype) is None:
+        if _supports_op(cand, dev, dtype, op) is None:
             cache[key] = cand
             return cand
-    raise BackendUnavailableError(f"no backend can run on {dev!r} tensors of dtype {dtype}")
+    what = f" with a {op} kernel" if op in registry.OPTIONAL_OPS else ""
+    raise BackendUnavailableError(f"no backend{what} can run on {dev!r} tensors of dtype {dtype}")
 
 
 def get_backend(device: str | torch.device | None = None) -> str:
@@ -534,3 +568,17 @@ def normal_noise_blocks(
         return philox.normal_noise_blocks_numba(blocks, shape, seed, first, dtype)
     full = normal_noise((first + blocks, *shape), seed=seed, device=device, dtype=dtype)
     return full[first:].movedim(0, 1).contiguous()
+
+
+from .discrete import (  # noqa: E402
+    bernoulli_antithetic,
+    bernoulli_conditional_relaxed,
+    bernoulli_kl,
+    bernoulli_sample,
+    binary_concrete,
+    categorical_kl,
+    categorical_log_prob,
+    categorical_sample,
+    gumbel_softmax,
+    uniform_noise,
+)

@@ -1,4 +1,4 @@
-"""Counter-based Gaussian noise shared by every backend.
+"""Counter-based Gaussian and uniform noise shared by every backend.
 
 The stream is Philox4x32-10 followed by Box-Muller, exactly the steps of Triton's
 ``tl.randn(seed, offset)`` (triton 3.x ``language/random.py``; Salmon et al.,
@@ -29,6 +29,13 @@ counts. Three implementations live here and are tested against each other:
   the values the fused kernels draw: same code, same compile flags);
 * :func:`normal_noise_torch` -- vectorised int64 torch ops (any device), the
   reference the numba and triton versions are tested against.
+
+The discrete families draw uniforms from the same generator: element ``i`` is
+``tl.rand(seed, i)``, the first output word turned into a float32 as above,
+clamped to ``[U_OPEN, 1 - U_OPEN]`` (``U_OPEN = 2**-24``). That is integer
+arithmetic, a float32 product and two selects, so the implementations agree
+bitwise: :func:`uniform_at` (inlined by the fused numba kernels),
+:func:`uniform_noise_numba` (a fill kernel) and :func:`uniform_noise_torch`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ PHILOX_KEY_B = 0xBB67AE85
 PHILOX_ROUNDS = 10
 UNIFORM_SCALE = 4.6566127342e-10
 U1_MIN = 1e-7
+# uniforms of the discrete families are clamped to [U_OPEN, 1 - U_OPEN] (both exact
+# in float32), so logit(u) and log(-log u) are finite
+U_OPEN = 2.0**-24
 TWO_PI = 6.283185307179586
 MAX_SEED = 2**63 - 1
 _MASK32 = 0xFFFFFFFF
@@ -120,17 +130,8 @@ if _HAVE_NUMBA:
         return np.float32(i) * np.float32(UNIFORM_SCALE)
 
     @njit(inline="always", cache=True)
-    def randn_at(k0, k1, idx):
-        """Standard normal at element ``idx`` for key ``(k0, k1)`` (all uint64), float32.
-
-        Inlined into the fused kernels; matches ``tl.randn(seed, idx)`` (see the
-        module docstring for how closely). The key words must be below ``2**32``
-        (:func:`split_seed`). Branch-free, with no libm call: the 32-bit words sit in
-        uint64 lanes, whose 32 x 32 -> 64-bit products LLVM emits as ``vpmuludq``, the
-        sign fix-up of the uniforms is integer arithmetic, and ``log``/``cos`` are the
-        polynomials of :mod:`kernels.numba_cpu._math`; so a loop over ``idx``
-        vectorizes (AVX2: 8 elements per iteration).
-        """
+    def _philox_words(k0, k1, idx):
+        """Words ``(c0, c1)`` of Philox4x32-10 at counter ``(idx lo, idx hi, 0, 0)``, key ``(k0, k1)`` (uint64 lanes)."""
         m = numba.uint64(_MASK32)
         s32 = numba.uint64(32)
         c0 = idx & m
@@ -152,11 +153,55 @@ if _HAVE_NUMBA:
             c2 = n2
             k0 = (k0 + ka) & m
             k1 = (k1 + kb) & m
+        return c0, c1
+
+    @njit(inline="always", cache=True)
+    def randn_at(k0, k1, idx):
+        """Standard normal at element ``idx`` for key ``(k0, k1)`` (all uint64), float32.
+
+        Inlined into the fused kernels; matches ``tl.randn(seed, idx)`` (see the
+        module docstring for how closely). The key words must be below ``2**32``
+        (:func:`split_seed`). Branch-free, with no libm call: the 32-bit words sit in
+        uint64 lanes, whose 32 x 32 -> 64-bit products LLVM emits as ``vpmuludq``, the
+        sign fix-up of the uniforms is integer arithmetic, and ``log``/``cos`` are the
+        polynomials of :mod:`kernels.numba_cpu._math`; so a loop over ``idx``
+        vectorizes (AVX2: 8 elements per iteration).
+        """
+        c0, c1 = _philox_words(k0, k1, idx)
         u1 = _to_uniform_nb(c0)
         u2 = _to_uniform_nb(c1)
         u1 = max(u1, np.float32(U1_MIN))
         r = np.sqrt(np.float32(-2.0) * _log(u1))
         return r * _cos2pi(u2)
+
+    @njit(inline="always", cache=True)
+    def uniform_at(k0, k1, idx):
+        """Uniform of the discrete families at element ``idx`` for key ``(k0, k1)`` (all uint64), float32.
+
+        ``tl.rand(seed, idx)`` (the first Philox word through :func:`_to_uniform_nb`)
+        clamped to ``[U_OPEN, 1 - U_OPEN]``: bitwise :func:`uniform_noise_torch`.
+        Integer arithmetic and two selects, so a loop over ``idx`` vectorizes as
+        :func:`randn_at`'s does.
+        """
+        c0, _ = _philox_words(k0, k1, idx)
+        u = _to_uniform_nb(c0)
+        return min(max(u, np.float32(U_OPEN)), np.float32(1.0 - U_OPEN))
+
+    @njit(parallel=True, **_FILL_OPTIONS)
+    def _fill_uniform_parallel(out, k0, k1):
+        # out: [N] float32, filled with uniform_at(k0, k1, i)
+        n = out.shape[0]
+        chunk = 4096
+        for c in prange((n + chunk - 1) // chunk):
+            o = out[c * chunk : min((c + 1) * chunk, n)]  # indexed from 0: the loop vectorizes
+            base = numba.uint64(c * chunk)
+            for i in range(o.shape[0]):
+                o[i] = uniform_at(k0, k1, base + numba.uint64(i))
+
+    @njit(**_FILL_OPTIONS)
+    def _fill_uniform_serial(out, k0, k1):
+        for i in range(out.shape[0]):
+            out[i] = uniform_at(k0, k1, numba.uint64(i))
 
     @njit(parallel=True, **_FILL_OPTIONS)
     def _fill_normal_parallel(out, k0, k1):
@@ -246,6 +291,26 @@ def normal_noise_blocks_numba(blocks: int, shape, seed: int, first: int = 0, dty
     return out if out.dtype == dtype else out.to(dtype)
 
 
+def uniform_noise_numba(shape, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """The uniform stream (:func:`uniform_at` at each row-major index) as a new CPU tensor.
+
+    Filled in float32 (the stream's precision) and converted, as
+    :func:`uniform_noise_torch` does, so float64 holds the same values.
+    """
+    if not _HAVE_NUMBA:  # pragma: no cover
+        raise RuntimeError("numba is not installed")
+    shape = tuple(shape)
+    flat = np.empty(math.prod(shape), dtype=np.float32)
+    if flat.size:
+        k0, k1 = split_seed(seed)
+        fill = _fill_uniform_serial if flat.shape[0] < _SERIAL_BELOW else _fill_uniform_parallel
+        fill(flat, k0, k1)
+    if dtype == torch.float64:
+        flat = flat.astype(np.float64)
+    out = torch.from_numpy(flat).reshape(shape)
+    return out if out.dtype == dtype else out.to(dtype)
+
+
 # --------------------------------------------------------------------------- torch
 def _umulhi_t(a: int, b: torch.Tensor) -> torch.Tensor:
     """High 32 bits of ``a * b`` for a 32-bit constant ``a`` and int64 tensor ``b`` < 2**32."""
@@ -292,3 +357,18 @@ def normal_noise_torch(shape, seed: int, device="cpu", dtype=torch.float32) -> t
     r = torch.sqrt(-2.0 * torch.log(u1))
     z = r * torch.cos(TWO_PI * u2)
     return z.to(dtype).reshape(shape)
+
+
+def uniform_noise_torch(shape, seed: int, device="cpu", dtype=torch.float32) -> torch.Tensor:
+    """Uniforms of the shared stream: element ``i`` is ``tl.rand(seed, i)`` clamped to the open interval.
+
+    ``tl.rand`` turns the first Philox word into a float32 in [0, 1] as the normal
+    stream does (:func:`_to_uniform`); the clamp to ``[U_OPEN, 1 - U_OPEN]``
+    (``U_OPEN = 2**-24``) keeps ``logit(u)`` and ``log(-log u)`` finite.
+    """
+    shape = tuple(shape)
+    n = math.prod(shape)
+    offsets = torch.arange(n, dtype=torch.int64, device=device)
+    w0, _, _, _ = philox4x32(seed, offsets)
+    u = torch.clamp(_to_uniform(w0), min=U_OPEN, max=1.0 - U_OPEN)
+    return u.to(dtype).reshape(shape)

@@ -26,6 +26,37 @@ OPS = (
     "normal_noise",
 )
 
+#: Ops of the discrete families (:mod:`kernels.discrete`). A backend may lack any
+#: of them: asking it for one by name raises :class:`BackendUnavailableError`
+#: with the reason, and ``auto`` picks a backend that has it.
+OPTIONAL_OPS = (
+    "uniform_noise",
+    "bernoulli_sample",
+    "bernoulli_antithetic",
+    "bernoulli_kl",
+    "categorical_sample",
+    "categorical_log_prob",
+    "categorical_kl",
+    "gumbel_softmax",
+    "binary_concrete",
+    "bernoulli_conditional_relaxed",
+)
+
+
+def missing_op_reason(name: str, op: str) -> str | None:
+    """None if backend ``name``'s module implements ``op``, else the reason (the backends that do)."""
+    if callable(getattr(load(name), op, None)):
+        return None
+    having = [n for n in names() if _has(n, op)]
+    return f"backend {name!r} has no {op} kernel (backends with it: {having})"
+
+
+def _has(name: str, op: str) -> bool:
+    try:
+        return callable(getattr(load(name), op, None))
+    except BackendUnavailableError:
+        return False
+
 
 class BackendUnavailableError(RuntimeError):
     """An explicitly requested backend cannot run here; the message says why."""

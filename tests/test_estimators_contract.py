@@ -19,12 +19,14 @@ EXTRA_OPTIONS = {"measure_valued": [{"coupling": True}, {"coupling": False}]}
 
 
 def _configs() -> list[tuple[str, dict]]:
-    """Every registered estimator (plugins' too, see ELBOBENCH_PLUGINS) with the options worth testing.
+    """Every registered estimator of Gaussian latents (plugins' too, see ELBOBENCH_PLUGINS) with the options worth testing.
 
     An estimator that takes a control variate runs with every registered one.
     """
     out = []
     for name in estimators.available():
+        if "normal" not in estimators.estimator_class(name).families:
+            continue  # the discrete-family estimators: tests/test_estimators_discrete.py
         if estimators.takes_control_variate(name):
             out += [(name, {"control_variate": c}) for c in cv.CONTROL_VARIATES]
         else:

@@ -123,8 +123,12 @@ def positive_float(value: str) -> float:
 
 
 # --------------------------------------------------------------------------- registries
-def estimator_names() -> list[str]:
-    """Names in the estimator registry (empty when the estimators package is missing)."""
+def estimator_names(family: str | None = "normal") -> list[str]:
+    """Names in the estimator registry that support latent ``family`` (all with None).
+
+    Empty when the estimators package is missing. The Gaussian benchmarks' defaults
+    are the estimators of the ``"normal"`` family.
+    """
     try:
         import estimators
     except ModuleNotFoundError as exc:
@@ -137,7 +141,10 @@ def estimator_names() -> list[str]:
             f"the estimators package at {list(getattr(estimators, '__path__', []))} has no available(); "
             "if it was installed before estimators/__init__.py existed, reinstall it: pip install -e ."
         )
-    return list(available())
+    names = list(available())
+    if family is None:
+        return names
+    return [n for n in names if family in getattr(estimators.estimator_class(n), "families", ("normal",))]
 
 
 def control_variate_names() -> list[str]:
@@ -153,6 +160,11 @@ def validate_estimators(names: list[str], option: str = "--estimators") -> list[
         raise OptionError(f"{option}: the estimators package is not available (no estimators.available())")
     bad = [n for n in names if n not in known]
     if bad:
+        if bad[0] in estimator_names(None):
+            raise OptionError(
+                f"{option}: {bad[0]!r} estimates gradients of discrete latents only; "
+                f"the Gaussian benchmarks take some of {known}"
+            )
         raise OptionError(f"{option}: unknown estimator {bad[0]!r}; expected some of {known}")
     if not names:
         raise OptionError(f"{option}: expected at least one of {known}")

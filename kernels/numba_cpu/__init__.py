@@ -6,6 +6,9 @@ One module per op family, each holding its kernels, launchers and
 * :mod:`.gaussian` -- ``normal_rsample``, ``normal_kl_std``, ``normal_rsample_kl``
   (one forward kernel, one backward kernel for all three);
 * :mod:`.logprob` -- ``normal_log_prob``, ``bernoulli_log_prob``;
+* :mod:`.discrete` -- the discrete families' ops (:mod:`kernels.discrete`):
+  uniform noise, Bernoulli and categorical samples, relaxations, KLs and
+  log-probabilities, each a fused forward and one-pass backward;
 * :mod:`._math` -- vectorizable exp/log/log1p/softplus/sigmoid (pip's llvmlite
   has no SVML, so ``np.exp`` in a loop would not vectorize);
 * noise comes from :mod:`kernels.philox` (the same stream as every backend);
@@ -38,15 +41,36 @@ from . import _stream  # noqa: E402
 from ._common import noise  # noqa: E402
 from ._pool import info as buffer_pool_info  # noqa: E402
 from ._pool import release as release_buffers  # noqa: E402
+from .discrete import (  # noqa: E402
+    bernoulli_antithetic,
+    bernoulli_conditional_relaxed,
+    bernoulli_kl,
+    bernoulli_sample,
+    binary_concrete,
+    categorical_kl,
+    categorical_log_prob,
+    categorical_sample,
+    gumbel_softmax,
+    uniform_noise,
+)
 from .gaussian import normal_kl_std, normal_rsample, normal_rsample_kl  # noqa: E402
 from .logprob import bernoulli_log_prob, normal_log_prob  # noqa: E402
 
 __all__ = [
     "SUPPORTED_DTYPES",
     "availability",
+    "bernoulli_antithetic",
+    "bernoulli_conditional_relaxed",
+    "bernoulli_kl",
     "bernoulli_log_prob",
+    "bernoulli_sample",
+    "binary_concrete",
     "buffer_pool_info",
+    "categorical_kl",
+    "categorical_log_prob",
+    "categorical_sample",
     "describe",
+    "gumbel_softmax",
     "normal_kl_std",
     "normal_log_prob",
     "normal_noise",
@@ -54,13 +78,15 @@ __all__ = [
     "normal_rsample_kl",
     "preallocated_calls",
     "release_buffers",
+    "uniform_noise",
 ]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
-#: The ops take inputs broadcastable to a ``shape`` argument and read them in place
-#: (:func:`kernels.numba_cpu._layout.strided`), so the public API does not expand
-#: them (an autograd node per input, and a reduction in the backward).
+#: The Gaussian ops and log-likelihoods take inputs broadcastable to a ``shape``
+#: argument and read them in place (:func:`kernels.numba_cpu._layout.strided`), so
+#: the public API does not expand them (an autograd node per input, and a reduction
+#: in the backward). The discrete ops (:mod:`.discrete`) get expanded inputs.
 READS_BROADCASTS = True
 
 
