@@ -154,8 +154,8 @@ def control_variate_names() -> list[str]:
     return control_variates.names()
 
 
-def validate_estimators(names: list[str], option: str = "--estimators") -> list[str]:
-    known = estimator_names()
+def validate_estimators(names: list[str], option: str = "--estimators", family: str | None = "normal") -> list[str]:
+    known = estimator_names(family)
     if not known:
         raise OptionError(f"{option}: the estimators package is not available (no estimators.available())")
     bad = [n for n in names if n not in known]
@@ -385,11 +385,19 @@ def saved_options(args: argparse.Namespace) -> dict:
     return {"command": getattr(args, "_command", ""), "values": json.loads(json.dumps(values, default=str))}
 
 
-def resolve_common(args: argparse.Namespace, *, default_estimators: str, need_out: bool = True) -> dict:
-    """Validate the shared options; return them parsed (lists, out path)."""
+def resolve_common(
+    args: argparse.Namespace, *, default_estimators: str, need_out: bool = True, family: str | None = "normal"
+) -> dict:
+    """Validate the shared options; return them parsed (lists, out path).
+
+    ``family``: the latent family the estimators must support (None: any; the
+    variance benchmark's grid then skips the combinations that do not apply).
+    """
     out = {
         "datasets": validate_datasets(parse_list(args.dataset, "--dataset")),
-        "estimators": validate_estimators(parse_list(args.estimators or default_estimators, "--estimators")),
+        "estimators": validate_estimators(
+            parse_list(args.estimators or default_estimators, "--estimators"), family=family
+        ),
         "control_variates": validate_control_variates(
             parse_list(args.control_variates or "none,leave_one_out", "--control-variates")
         ),

@@ -6,6 +6,7 @@ import argparse
 
 from bench.cli import options as opt
 from bench.measure.variance import PILOT_REPLICATES, TOYS, VarianceConfig, configs, summary, variance_benchmark
+from bench.problems.toys import toy_family
 
 EXAMPLES = """examples:
   elbobench variance --quick
@@ -13,6 +14,7 @@ EXAMPLES = """examples:
       --control-variates none,leave_one_out,optimal --backends numba,torch --num-samples 1,10
   elbobench variance --dataset ppca,gauss_quadratic --estimators reparam,measure_valued --num-samples 1000
   elbobench variance --dataset digits --train-points 0,500,2000 --replicates 256
+  elbobench variance --dataset bernoulli_toy --toy-dim 4 --estimators score_function,arm,disarm,relax
 """
 
 
@@ -41,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--train-points", default=None, help="comma-separated training steps to measure at (default 0,200)")
     g.add_argument("--batch-size", type=opt.positive_int, default=32, help="examples in the fixed batch (default 32)")
-    g.add_argument("--toy-dim", type=opt.positive_int, default=16, help="dimension of the Gaussian toys")
+    g.add_argument("--toy-dim", type=opt.positive_int, default=16, help="dimension of the toys")
     g.add_argument("--bootstrap", type=opt.positive_int, default=200, help="bootstrap replicates for the CIs")
 
 
@@ -96,11 +98,20 @@ def resolve(args: argparse.Namespace) -> tuple[dict, list[VarianceConfig]]:
         cvs = ",".join(opt.control_variate_names()) if args.quick else "none,leave_one_out"
         if args.control_variates is None:
             args.control_variates = cvs
-        common = opt.resolve_common(args, default_estimators=all_est if args.quick else "reparam,score_function,stl")
+        default = all_est if args.quick else "reparam,score_function,stl"
+        if problems and all(p in TOYS and toy_family(p) != "normal" for p in problems):
+            default = ",".join(opt.estimator_names("bernoulli"))
+        common = opt.resolve_common(args, default_estimators=default, family=None)
     finally:
         args.dataset = saved
     common["datasets"] = problems
-    return common, grid_from_args(args, common)
+    grid = grid_from_args(args, common)
+    if not grid:
+        raise opt.OptionError(
+            f"--estimators: none of {common['estimators']} is defined for the latent family of "
+            f"{problems} (the Bernoulli toy takes {opt.estimator_names('bernoulli')})"
+        )
+    return common, grid
 
 
 def main(args: argparse.Namespace) -> int:

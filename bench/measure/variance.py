@@ -56,7 +56,7 @@ from bench.measure.gradstats import gradient_stats
 from bench.measure.timing import time_call
 from bench.problems import datasets as ds_mod
 from bench.problems import models as models_mod
-from bench.problems.toys import TOYS, toy_problem
+from bench.problems.toys import TOYS, toy_family, toy_problem
 from bench.results import Result, ResultsWriter, config_hash, make_result, to_frame
 from bench.run.tasks import Task, needs_gpu, register_kind, run_tasks
 
@@ -64,6 +64,7 @@ __all__ = [
     "TOYS",
     "VarianceConfig",
     "gradient_stats",
+    "toy_family",
     "toy_problem",
     "variance_benchmark",
 ]
@@ -180,6 +181,25 @@ def toy_per_sample_grads(est, f, mu, logvar, replicates: int, num_samples: int, 
     return estimators.per_sample_grads_expectation(est, f, mu, logvar, replicates, num_samples=num_samples, seed=seed)
 
 
+def _cv_families(est) -> tuple[str, ...]:
+    cv = getattr(est, "cv", None)
+    return tuple(cv.families) if cv is not None else tuple(est.families)
+
+
+def bernoulli_toy_grads(est, f, logits, replicates: int, num_samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """R estimates of ``d E[f] / d logits`` ``{"logits": [R, D]}`` in one call.
+
+    The logits are repeated along a leading batch dim: f is row-wise, so row r of
+    the gradient is replicate r's estimate, drawn from its own part of the stream.
+    """
+    import estimators
+
+    rep = logits.detach().unsqueeze(0).repeat(replicates, 1).requires_grad_(True)
+    with torch.enable_grad():
+        est.surrogate(f, estimators.Bernoulli(rep), num_samples=num_samples, seed=seed).sum().backward()
+    return {"logits": rep.grad}
+
+
 # --------------------------------------------------------------------------- VAE problems
 def _trajectory_config(dataset, last: int, seed: int, batch_size: int, model: str, estimator: str):
     """The training run behind the train points: ``estimator`` + Adam(1e-3), torch backend, no evaluations."""
@@ -282,7 +302,8 @@ def configs(
     """The grid problem x train step x estimator (x control variate) x backend x S x seed.
 
     Skipped combinations: VAE-only estimators and the ``learned`` control variate on
-    the toys; train steps other than 0 on the toys (they have no training). An S
+    the toys; estimators (and control variates) not defined for the problem's latent
+    family (``arm`` on a Gaussian, ``reparam`` on the Bernoulli toy); train steps other than 0 on the toys (they have no training). An S
     below an estimator's ``min_samples`` (2 for ``vimco`` and leave-one-out) is raised
     to it.
     """
@@ -295,6 +316,9 @@ def configs(
                 for cv in cvs:
                     est = _make_est(e, cv)
                     if is_toy and est.vae_only:
+                        continue
+                    family = toy_family(prob) if is_toy else "normal"
+                    if family not in est.families or family not in _cv_families(est):
                         continue
                     need = est.min_samples
                     for s in dict.fromkeys(max(s, need) for s in num_samples):
@@ -551,7 +575,26 @@ def _measure(cfg: VarianceConfig, ctx: dict, warmed: set, reference_estimates: i
     warm = wkey not in warmed
     warmed.add(wkey)
     groups_ref = None
-    if cfg.problem in TOYS:
+    if cfg.problem in TOYS and toy_family(cfg.problem) == "bernoulli":
+        import estimators as estimators_pkg
+
+        f, logits, _, exact = toy_problem(cfg.problem, cfg.toy_dim, cfg.seed)
+        with kernels.use_backend(cfg.backend):
+            if est.stateful:
+                for i in range(cfg.cv_warmup):
+                    leaf = logits.clone().requires_grad_(True)
+                    est.surrogate(f, estimators_pkg.Bernoulli(leaf), num_samples=cfg.num_samples, seed=50_000 + i)
+
+        def estimates(r):
+            with kernels.use_backend(cfg.backend), est.frozen():
+                return bernoulli_toy_grads(est, f, logits, r, cfg.num_samples, cfg.seed)
+
+        groups = {"total": ["logits"]}
+        latent_dim = cfg.toy_dim
+        truths = {"total": exact["logits"]}
+        parts_of = {"total": ["logits"]}
+        sizes = {"logits": cfg.toy_dim}
+    elif cfg.problem in TOYS:
         f, mu, logvar, exact = toy_problem(cfg.problem, cfg.toy_dim, cfg.seed)
         with kernels.use_backend(cfg.backend):
             if est.stateful:
