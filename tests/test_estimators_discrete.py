@@ -210,7 +210,7 @@ def test_soft_gumbel_bias_shrinks_as_the_temperature_falls():
     assert float(bias[1.0] - bias[0.2]) > Z * (se[1.0] + se[0.2]), (bias, se)
 
 
-def test_gumbel_softmax_on_categoricals_is_biased_and_hard_values_are_at_samples():
+def test_gumbel_softmax_values_on_categoricals_are_f_at_the_discrete_samples():
     logits = torch.tensor([[0.5, -0.3, 1.0], [0.0, 2.0, -1.0]], dtype=torch.float64)
     w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
 
