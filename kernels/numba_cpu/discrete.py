@@ -881,127 +881,69 @@ def _no_second_derivative(op: str):
     )  # fmt: skip
 
 
-class _BernoulliKLGrad(torch.autograd.Function):
-    """The fused backward of :class:`_BernoulliKL` as a Function (for ``torch.func`` transforms)."""
+def _two_input_op(op: str, forward_fn, grads_fn, doc: str):
+    """``(Function, GradFunction)`` of a two-input op with a fused one-pass backward.
 
-    @staticmethod
-    def forward(g, logits, prior_logits, need_l, need_l0):
-        return _bernoulli_kl_grads(g, logits, prior_logits, need_l, need_l0)
+    ``forward_fn(a, b)`` computes the op; ``grads_fn(g, a, b, need_a, need_b)`` both
+    input gradients in one pass. The backward is itself a Function, so that
+    ``torch.func`` transforms can vmap it; its own backward raises (no second
+    derivatives: use ``backend='torch'``).
+    """
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
+    class Grad(torch.autograd.Function):
+        @staticmethod
+        def forward(g, a, b, need_a, need_b):
+            return grads_fn(g, a, b, need_a, need_b)
 
-    @staticmethod
-    def backward(ctx, *grads):
-        _no_second_derivative("bernoulli_kl")
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
 
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold(_BernoulliKLGrad, info, in_dims, args)
+        @staticmethod
+        def backward(ctx, *grads):
+            _no_second_derivative(op)
 
+        @staticmethod
+        def vmap(info, in_dims, *args):
+            return _fold(Grad, info, in_dims, args)
 
-class _BernoulliKL(torch.autograd.Function):
-    """``KL(Bern(sigmoid(l)) || Bern(sigmoid(l0)))`` per row; backward one pass for both gradients."""
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(a, b):
+            return forward_fn(a, b)
 
-    @staticmethod
-    def forward(logits, prior_logits):
-        return _bernoulli_kl(logits, prior_logits)
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(*inputs)
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
+        @staticmethod
+        def backward(ctx, g):
+            a, b = ctx.saved_tensors
+            return apply_backward(Grad, g, a, b, *ctx.needs_input_grad[:2])
 
-    @staticmethod
-    def backward(ctx, g):
-        logits, prior_logits = ctx.saved_tensors
-        return apply_backward(_BernoulliKLGrad, g, logits, prior_logits, *ctx.needs_input_grad[:2])
+        @staticmethod
+        def vmap(info, in_dims, *args):
+            return _fold(Fn, info, in_dims, args)
 
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold(_BernoulliKL, info, in_dims, args)
-
-
-class _CategoricalLogProbGrad(torch.autograd.Function):
-    """The fused backward of :class:`_CategoricalLogProb` as a Function."""
-
-    @staticmethod
-    def forward(g, x, logits, need_x, need_l):
-        return _categorical_log_prob_grads(g, x, logits, need_x, need_l)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        _no_second_derivative("categorical_log_prob")
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold(_CategoricalLogProbGrad, info, in_dims, args)
+    Fn.__doc__ = doc
+    Grad.__doc__ = f"The fused backward of {op} as a Function (for ``torch.func`` transforms)."
+    Fn.__name__ = Fn.__qualname__ = "_" + "".join(w.title() for w in op.split("_"))
+    Grad.__name__ = Grad.__qualname__ = Fn.__name__ + "Grad"
+    return Fn, Grad
 
 
-class _CategoricalLogProb(torch.autograd.Function):
-    """``sum_{d,k} x_dk log softmax(l_d)_k`` per row; backward one pass for both gradients."""
-
-    @staticmethod
-    def forward(x, logits):
-        return _categorical_log_prob(x, logits)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, logits = ctx.saved_tensors
-        return apply_backward(_CategoricalLogProbGrad, g, x, logits, *ctx.needs_input_grad[:2])
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold(_CategoricalLogProb, info, in_dims, args)
-
-
-class _CategoricalKLGrad(torch.autograd.Function):
-    """The fused backward of :class:`_CategoricalKL` as a Function."""
-
-    @staticmethod
-    def forward(g, logits, prior_logits, need_l, need_l0):
-        return _categorical_kl_grads(g, logits, prior_logits, need_l, need_l0)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        _no_second_derivative("categorical_kl")
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold(_CategoricalKLGrad, info, in_dims, args)
-
-
-class _CategoricalKL(torch.autograd.Function):
-    """``KL(Cat(l) || Cat(l0))`` summed over the D variables of a row; backward one pass."""
-
-    @staticmethod
-    def forward(logits, prior_logits):
-        return _categorical_kl(logits, prior_logits)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    @staticmethod
-    def backward(ctx, g):
-        logits, prior_logits = ctx.saved_tensors
-        return apply_backward(_CategoricalKLGrad, g, logits, prior_logits, *ctx.needs_input_grad[:2])
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return _fold(_CategoricalKL, info, in_dims, args)
+_BernoulliKL, _BernoulliKLGrad = _two_input_op(
+    "bernoulli_kl", _bernoulli_kl, _bernoulli_kl_grads,
+    "``KL(Bern(sigmoid(l)) || Bern(sigmoid(l0)))`` per row; backward one pass for both gradients.",
+)  # fmt: skip
+_CategoricalLogProb, _CategoricalLogProbGrad = _two_input_op(
+    "categorical_log_prob", _categorical_log_prob, _categorical_log_prob_grads,
+    "``sum_{d,k} x_dk log softmax(l_d)_k`` per row; backward one pass for both gradients.",
+)  # fmt: skip
+_CategoricalKL, _CategoricalKLGrad = _two_input_op(
+    "categorical_kl", _categorical_kl, _categorical_kl_grads,
+    "``KL(Cat(l) || Cat(l0))`` summed over the D variables of a row; backward one pass.",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- autograd: relaxations
